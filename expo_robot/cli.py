@@ -1,0 +1,88 @@
+"""`expo-robot`: one entry point, one sub-command per workflow. Every sub-command takes Hydra overrides.
+
+expo-robot finetune robot=sim_so101 agent=rlpd agent.edit_scale=0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from expo_robot.config import GROUPS, ConfigError, load_config
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    target: str | None  # "module:function" taking (cfg, args) -> int; None = not built yet
+    waits_on: str = ""
+
+
+# Sub-commands live in their own modules; this table is the registry (no if/elif factory).
+COMMANDS: dict[str, Command] = {
+    "finetune": Command(
+        "EXPO fine-tune session: driver + actor + learner (sim by default)", None, "issue #5"
+    ),
+    "eval": Command("safety-stopped evaluation of a checkpoint, with a report", None, "issue #8"),
+    "pretrain": Command("imitation pretraining of the base policy on LeRobotDatasets", None, "issue #6"),
+    "teleop": Command("drive the robot with a teleop device, no recording", None, "issue #6"),
+    "record": Command("record teleop demonstrations into a LeRobotDataset", None, "issue #6"),
+    "dataset": Command(
+        "dataset info|check PATH: summary and validation of a LeRobotDataset", None, "issue #6"
+    ),
+    "calibrate": Command("calibrate a robot or camera; stored under calibration/", None, "issue #7"),
+    "check": Command("preflight: devices, calibration, limits, ports, latency", None, "issue #7"),
+    "bench": Command("benchmarks: learning | transport | policy", None, "issues #3 #4 #5"),
+    "driver": Command("run only the robot driver process (multi-machine runs)", None, "issue #4"),
+    "actor": Command("run only the policy process (multi-machine runs)", None, "issue #5"),
+    "learner": Command("run only the learner process (multi-machine runs)", None, "issue #5"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="expo-robot",
+        description="Online RL fine-tuning of expressive robot policies with EXPO. "
+        f"Config groups: {', '.join(GROUPS)} (override as group=option, key=value).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        p.add_argument(
+            "args", nargs="*", help="positional words (e.g. 'learning') and Hydra overrides key=value"
+        )
+    return parser
+
+
+def _resolve(target: str) -> Callable[..., int]:
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    cmd = COMMANDS[args.command]
+    words = [a for a in args.args if "=" not in a]
+    overrides = [a for a in args.args if "=" in a]
+    try:
+        cfg = load_config(overrides)
+        if cmd.target is None:
+            print(f"expo-robot {args.command}: not built yet (waits on {cmd.waits_on})", file=sys.stderr)
+            return 3
+        return int(_resolve(cmd.target)(cfg, words) or 0)
+    except ConfigError as e:
+        print(f"expo-robot {args.command}: config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"expo-robot {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
