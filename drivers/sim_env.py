@@ -1,0 +1,104 @@
+"""Simulated tasks as flat-state environments: one place that knows the gymnasium ids and their quirks.
+
+Both the driver process (drivers/) and in-process tools (seed data, learning benchmark) build tasks here, so the
+observation layout (agent_pos followed by environment_state, float32) is the same everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Packages that register gymnasium ids, by id prefix. Imported lazily: MuJoCo start-up is slow.
+_REGISTERING_PACKAGES = {"gym_hil/": "gym_hil", "lerobot_env_so101/": "lerobot_env_so101"}
+
+
+class SimUnavailableError(RuntimeError):
+    """The simulator could not be built (missing package, bad id or kwargs)."""
+
+
+def _flatten(obs: Any) -> np.ndarray:
+    if isinstance(obs, dict):
+        parts = [
+            np.asarray(obs[k], dtype=np.float32).ravel()
+            for k in ("agent_pos", "environment_state")
+            if k in obs
+        ]
+        parts += [
+            np.asarray(v, dtype=np.float32).ravel()
+            for k, v in obs.items()
+            if k not in ("agent_pos", "environment_state") and np.ndim(v) <= 1
+        ]
+        return np.concatenate(parts)
+    return np.asarray(obs, dtype=np.float32).ravel()
+
+
+@dataclass
+class StepResult:
+    state: np.ndarray
+    reward: float
+    terminated: bool
+    truncated: bool
+    success: bool
+    info: dict = field(default_factory=dict)
+
+
+class SimTask:
+    """A gymnasium env with flat float32 state, a success flag and the end-effector position when known."""
+
+    def __init__(self, env_id: str, env_kwargs: dict | None = None, max_episode_steps: int | None = None):
+        os.environ.setdefault("MUJOCO_GL", "egl")  # gym-hil builds a renderer even for state observations
+        import gymnasium as gym
+
+        for prefix, package in _REGISTERING_PACKAGES.items():
+            if env_id.startswith(prefix):
+                importlib.import_module(package)
+        kwargs = dict(env_kwargs or {})
+        if max_episode_steps is not None:
+            kwargs["max_episode_steps"] = int(max_episode_steps)
+        try:
+            self.env = gym.make(env_id, **kwargs)
+        except Exception as e:  # gymnasium raises many types for bad ids/kwargs
+            raise SimUnavailableError(f"cannot build simulated task '{env_id}' with {kwargs}: {e}") from e
+        self.env_id = env_id
+        self.action_low = np.asarray(self.env.action_space.low, dtype=np.float32)
+        self.action_high = np.asarray(self.env.action_space.high, dtype=np.float32)
+        self.state_dim = int(_flatten(self.env.observation_space.sample()).shape[0])
+        self.action_dim = int(self.action_low.shape[0])
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        if seed is not None:
+            np.random.seed(seed)  # gym-hil places the cube with numpy's global RNG, not the env's
+        obs, _ = self.env.reset(seed=seed)
+        return _flatten(obs)
+
+    def step(self, action: np.ndarray) -> StepResult:
+        obs, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
+        success = bool(info.get("succeed", info.get("is_success", info.get("success", False))))
+        return StepResult(
+            _flatten(obs), float(reward), bool(terminated), bool(truncated), success, dict(info)
+        )
+
+    def ee_position(self) -> np.ndarray | None:
+        """End-effector position in the world frame, from the simulator's kinematics, or None if unknown."""
+        u = self.env.unwrapped
+        if hasattr(u, "_pinch_site_id"):
+            return np.asarray(u._data.site_xpos[u._pinch_site_id], dtype=np.float64).copy()
+        if hasattr(u, "ik_point_pos"):
+            pos = u.ik_point_pos
+            return np.asarray(pos() if callable(pos) else pos, dtype=np.float64).copy()
+        return None
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def make_sim_task(robot_cfg: Any, task_cfg: Any | None = None) -> SimTask:
+    """Build the simulated task named by a robot config (configs/robot/*.yaml, type: sim)."""
+    kwargs = dict(robot_cfg.get("env_kwargs") or {})
+    max_steps = task_cfg.get("max_episode_steps") if task_cfg is not None else None
+    return SimTask(robot_cfg.env_id, kwargs, max_steps)
