@@ -1,0 +1,370 @@
+"""The driver process: owns the robot, runs the fixed-rate loop, executes timestamped chunks through the safety layer.
+
+    expo-robot driver robot=sim_panda                 # until SIGINT/SIGTERM, then safe state and a clean exit
+    python -m drivers.server robot=fake runtime.obs_port=6000 runtime.cmd_port=6001
+    run_driver(cfg, stop_event)                       # in-process (tests, launcher)
+
+Timing. Step k of a chunk is due at t0 + k/fps on the driver clock. The due step is the newest whose slot has begun;
+older unexecuted steps are skipped (counted), never replayed. The newest chunk replaces the previous one.
+- realtime: the driver clock is the monotonic clock; one tick per period; no due step -> hold.
+- lockstep: the driver clock is virtual (executed steps / fps). The simulator steps as soon as a step is due at the
+  current virtual time, otherwise the driver waits for commands. The watchdog still runs on the wall clock.
+Episodes: on terminated/truncated (or a safety episode limit) the driver holds until a `reset` command, then
+publishes step 0 of the next episode.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from drivers.clock import Deadline, LoopStats, MonotonicClock
+from drivers.robot import Robot, make_robot
+from drivers.safety import ActionFilter, Limits, SafetyConfig, SafetyMonitor
+from expo_robot.transport.protocol import OPS, PROTOCOL_VERSION, RobotSpec, driver_inbox
+from expo_robot.transport.sockets import CurveKeys, Publisher, Puller, address
+from expo_robot.transport.wire import Message
+
+log = logging.getLogger(__name__)
+MODES = ("lockstep", "realtime")
+LOCKSTEP_POLL_S = 0.002  # how long a lock-step driver with nothing due waits for commands per iteration
+
+
+class DriverConfigError(ValueError):
+    """The driver config is wrong (mode, limits); the message names the key."""
+
+
+@dataclass
+class Chunk:
+    actions: np.ndarray  # float32 [H, A], a private copy
+    t0: float
+    chunk_id: int
+    client: str
+    next_k: int = 0  # steps before this are executed or skipped
+
+
+class Driver:
+    """One robot behind two sockets: observations out (PUB), chunks and commands in (PULL)."""
+
+    def __init__(self, cfg: Any, robot: Robot | None = None, clock: Any | None = None):
+        self.cfg = cfg
+        self.mode = str(cfg.robot.get("mode", "lockstep"))
+        if self.mode not in MODES:
+            raise DriverConfigError(f"robot.mode must be one of {MODES}, got {self.mode!r}")
+        self.robot = robot or make_robot(cfg.robot, cfg.get("task"))
+        self.clock = clock or MonotonicClock()
+        self.counters: Counter = Counter()
+        self.driver_id = uuid.uuid4().hex[:12]
+        self.chunk: Chunk | None = None
+        self.alive: dict[str, float] = {}
+        self.episode, self.step, self.vticks = -1, 0, 0
+        self.episode_t0 = 0.0
+        self.last_action: np.ndarray | None = None
+        self.last_pub = -math.inf
+        self.last_result: dict = {}
+        self.pub: Publisher | None = None
+        self.inbox: Puller | None = None
+
+    # ---- lifecycle ----
+    def open(self) -> None:
+        self.robot.connect()
+        r, rt = self.robot, self.cfg.runtime
+        self.fps = float(r.fps)
+        self.safety_cfg = SafetyConfig.from_config(self.cfg.get("safety"), self.cfg.robot)
+        self.filter = ActionFilter(
+            Limits.build(self.safety_cfg, r, self.cfg.robot.get("workspace")), self.safety_cfg
+        )
+        self.monitor = SafetyMonitor(self.safety_cfg, self.fps)
+        self.max_chunk_len = int(self.cfg.robot.get("max_chunk_len", 256))
+        self.heartbeat_s = float(rt.get("heartbeat_s", 0.5))
+        self.spec = RobotSpec(
+            PROTOCOL_VERSION, r.name, r.state_dim, r.action_dim, tuple(map(float, r.action_low)),
+            tuple(map(float, r.action_high)), self.fps, self.mode, self.max_chunk_len,
+            self.monitor.hold_after_s / 4, self.driver_id,
+        )  # fmt: skip
+        curve = CurveKeys.from_config(rt.get("curve"))
+        hwm = int(rt.get("obs_hwm", 1000))
+        self.pub = Publisher(address(rt, "obs"), hwm=hwm, curve=curve, name="driver.obs")
+        self.inbox = Puller(
+            address(rt, "cmd"),
+            driver_inbox(r.action_dim, self.max_chunk_len),
+            hwm=hwm,
+            curve=curve,
+            name="driver.cmd",
+        )
+        self.loop = LoopStats(1.0 / self.fps)
+        self.deadline = Deadline(1.0 / self.fps, self.clock)
+        self._reset_episode(self.cfg.get("seed"))
+        log.info(
+            "driver %s ready: %s %s at %.1f Hz, obs %s, cmd %s",
+            self.driver_id, r.name, self.mode, self.fps, self.pub.addr, self.inbox.addr,
+        )  # fmt: skip
+
+    def close(self) -> None:
+        try:
+            if self.robot.is_connected:
+                self.robot.hold()
+                self.robot.safe_state()
+                self.monitor.shutdown()
+                self._publish(fresh=False)
+        finally:
+            self.robot.disconnect()
+            for sock in (self.pub, self.inbox):
+                if sock is not None:
+                    sock.close()
+
+    def run(self, stop: threading.Event) -> None:
+        self.open()
+        try:
+            while not stop.is_set():
+                self.spin_once()
+        finally:
+            self.close()
+
+    # ---- the loop ----
+    def now(self) -> float:
+        """The driver clock: virtual in lock-step, monotonic in real time."""
+        return self.vticks / self.fps if self.mode == "lockstep" else self.clock.now()
+
+    def spin_once(self) -> None:
+        if self.mode == "realtime":
+            self._pump(self.deadline.remaining())
+            if self.deadline.remaining() > 0:
+                return
+            self.deadline.advance()
+            self.loop.tick(self.clock.now())
+        else:
+            due = self.chunk is not None and self._due_index(self.chunk) is not None
+            self._pump(0.0 if due and self.monitor.state == "ok" else LOCKSTEP_POLL_S)
+        self._tick()
+
+    def _pump(self, wait_s: float) -> None:
+        """Handle every command that arrives within wait_s (all of them: an e-stop is never superseded)."""
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while True:
+            msg = self.inbox.recv(max(0.0, deadline - time.monotonic()))
+            if msg is None:
+                return
+            self._handle(msg)
+            if time.monotonic() >= deadline:
+                # drain what is already queued without waiting further
+                while (msg := self.inbox.recv(0.0)) is not None:
+                    self._handle(msg)
+                return
+
+    def _tick(self) -> None:
+        wall = self.clock.now()
+        changed = self.monitor.watchdog(wall, max(self.alive.values(), default=None))
+        if changed is not None:
+            self._on_state_change(changed)
+        executed = False
+        if self.monitor.state == "ok":
+            executed = self._execute_due()
+        elif self.mode == "realtime":
+            self.robot.hold()
+        if not executed and (changed is not None or wall - self.last_pub >= self.heartbeat_s):
+            self._publish(fresh=False)
+            self.pub.send("spec", meta=self.spec.to_meta())
+
+    def _on_state_change(self, state: str) -> None:
+        if state == "hold":
+            self.robot.hold()
+        elif state == "safe_state":
+            self.robot.safe_state()
+            self.chunk = None
+        elif state == "ok":
+            self.filter.arm(self.robot.hold_action(self.last_action))
+            alive_after = self.clock.now() - self.monitor.hold_after_s
+            if self.chunk is not None and self.alive.get(self.chunk.client, -math.inf) < alive_after:
+                self.chunk = None  # its sender is gone; a restarted policy sends its own
+
+    # ---- chunks ----
+    def _due_index(self, c: Chunk) -> int | None:
+        k = math.floor((self.now() - c.t0) * self.fps + 1e-6)
+        return k if c.next_k <= k else None
+
+    def _execute_due(self) -> bool:
+        c = self.chunk
+        k = self._due_index(c) if c is not None else None
+        if k is None:
+            if self.mode == "realtime":
+                self.robot.hold()
+            return False
+        H = c.actions.shape[0]
+        skipped = min(k, H) - c.next_k
+        if skipped > 0:
+            self.counters["steps_skipped"] += skipped
+        if k >= H:
+            self.chunk = None
+            return False
+        c.next_k = k + 1
+        return self._execute(c.actions[k], c.chunk_id)
+
+    def _execute(self, raw: np.ndarray, chunk_id: int) -> bool:
+        action, reasons = self.filter(raw, self.robot.ee_position())
+        self.monitor.count(reasons)
+        self.last_reasons = reasons
+        if action is None:
+            self.robot.hold()
+            self.counters["steps_refused"] += 1
+            self._publish(fresh=False)
+            return False
+        result = self.robot.send(action)
+        self.step += 1
+        if self.mode == "lockstep":
+            self.vticks += 1
+        self.loop.tick(self.clock.now()) if self.mode == "lockstep" else None
+        self.last_action = result.action
+        self.counters["steps_executed"] += 1
+        limit = self.monitor.episode_limit(self.step, self.now() - self.episode_t0)
+        self.last_result = {
+            "reward": result.reward,
+            "terminated": result.terminated,
+            "truncated": result.truncated or limit is not None,
+            "success": result.success,
+            "chunk_id": chunk_id,
+        }
+        if result.terminated or result.truncated or limit:
+            self.chunk = None
+            self.monitor.episode_end(limit or ("terminated" if result.terminated else "truncated"))
+        self.state = result.state
+        self._publish(fresh=True)
+        return True
+
+    # ---- commands ----
+    def _handle(self, msg: Message) -> None:
+        client = msg.meta["client"]
+        self.alive[client] = self.clock.now()
+        if msg.type == "chunk":
+            self._on_chunk(msg, client)
+        elif msg.type == "cmd":
+            self._on_cmd(msg)
+
+    def _on_chunk(self, msg: Message, client: str) -> None:
+        actions = msg.arrays["actions"]
+        if self.monitor.state == "estop" or actions.shape[0] == 0:
+            self.counters["chunks_ignored"] += 1
+            return
+        if self.chunk is not None:
+            self.counters["chunks_superseded"] += 1
+        self.counters["chunks"] += 1
+        self.chunk = Chunk(
+            np.array(actions, dtype=np.float32), float(msg.meta["t0"]), msg.meta["chunk_id"], client
+        )
+
+    def _on_cmd(self, msg: Message) -> None:
+        op = msg.meta["op"]
+        if op not in OPS:
+            self.counters["bad_op"] += 1
+            log.warning("driver: unknown command op %r dropped (valid: %s)", op[:40], ", ".join(OPS))
+            return
+        self.counters[f"cmd.{op}"] += 1
+        if op == "hello":
+            self.pub.send("spec", meta=self.spec.to_meta())
+        elif op == "reset":
+            seed = msg.meta.get("seed")
+            self._reset_episode(seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
+        elif op == "estop":
+            self.chunk = None
+            self.monitor.estop(str(msg.meta.get("reason", "socket command"))[:200])
+            self.robot.hold()
+            self._publish(fresh=False)
+        elif op == "clear_estop" and self.monitor.clear_estop():
+            self.filter.arm(self.robot.hold_action(self.last_action))
+            self._publish(fresh=False)
+
+    def estop(self, reason: str) -> None:
+        """Latch the e-stop from inside the driver process (a key, a button, a signal)."""
+        self.chunk = None
+        self.monitor.estop(reason)
+        self.robot.hold()
+
+    def _reset_episode(self, seed: int | None) -> None:
+        if not self.monitor.new_episode():
+            self.counters["resets_refused"] += 1
+            log.warning("driver: reset refused while the e-stop is latched; clear it first")
+            self._publish(fresh=False)
+            return
+        self.state = self.robot.reset(seed)
+        self.episode += 1
+        self.step = 0
+        self.chunk = None
+        self.episode_t0 = self.now()
+        self.filter.arm(self.robot.hold_action(self.last_action))
+        self.last_action = None
+        self.last_reasons = []
+        self.last_result = {
+            "reward": 0.0,
+            "terminated": False,
+            "truncated": False,
+            "success": False,
+            "chunk_id": -1,
+        }
+        self._publish(fresh=True)
+
+    # ---- observations ----
+    def _publish(self, fresh: bool) -> None:
+        r = self.robot
+        action = self.last_action if self.last_action is not None else np.zeros(r.action_dim, np.float32)
+        safety = self.monitor.snapshot()
+        safety["reasons"] = list(getattr(self, "last_reasons", []))
+        meta = {
+            "t": self.now(),
+            "episode": self.episode,
+            "step": self.step,
+            "fresh": fresh,
+            "intervention": False,  # a teleop takeover; safety changes are in safety.reasons
+            "safety": safety,
+            "loop": {"mode": self.mode, **self.loop.summary()},
+            "counters": {**self.counters, **{f"inbox.{k}": v for k, v in self.inbox.stats().items()}},
+            **self.last_result,
+        }
+        self.pub.send(
+            "obs", {"state": np.asarray(self.state, np.float32), "action": action}, meta, stamp=self.now()
+        )
+        self.last_pub = self.clock.now()
+
+
+def run_driver(cfg: Any, stop_event: threading.Event | None = None, robot: Robot | None = None) -> int:
+    """Run a driver until stop_event is set (in-process use: tests, the launcher). Returns an exit code."""
+    stop = stop_event or threading.Event()
+    Driver(cfg, robot=robot).run(stop)
+    return 0
+
+
+def main(cfg: Any, words: list[str]) -> int:
+    """`expo-robot driver [overrides]`: run until SIGINT/SIGTERM, then safe state and a clean exit."""
+    from expo_robot.config import make_run_dir
+
+    run_dir = make_run_dir(cfg, "driver")
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("driver: %s received, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    log.info("driver: run folder %s", run_dir)
+    return run_driver(cfg, stop)
+
+
+if __name__ == "__main__":
+    from expo_robot.config import ConfigError, load_config
+
+    try:
+        sys.exit(main(load_config(sys.argv[1:]), []))
+    except ConfigError as e:
+        logging.basicConfig()
+        log.error("driver: config error: %s", e)
+        sys.exit(2)

@@ -1,0 +1,132 @@
+"""The driver <-> policy protocol: message types, their schemas, and the robot spec exchanged at handshake.
+
+Driver -> policy (driver's PUB, runtime.obs_port):
+  obs   arrays state f32[S], action f32[A] (what was really executed, after safety); meta t, episode, step, reward,
+        terminated, truncated, success, intervention, fresh (False = republished while idle), safety, chunk_id, loop
+  spec  meta: the RobotSpec fields (sent on every hello and at heartbeat rate)
+Policy -> driver (driver's PULL, runtime.cmd_port):
+  chunk arrays actions f32[H, A]; meta t0 (step k is due at t0 + k/fps), chunk_id, client
+  cmd   meta op (hello | reset | estop | clear_estop), client, optional seed / reason
+  heartbeat  meta client
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from expo_robot.transport.wire import PROTOCOL_VERSION, FieldSpec, Schema
+
+OPS = ("hello", "reset", "estop", "clear_estop")
+NUM = (int, float)
+
+
+class HandshakeError(RuntimeError):
+    """The driver's spec differs from what the policy expects; the message names the field."""
+
+
+class EStopLatchedError(RuntimeError):
+    """The driver's e-stop is latched; only an explicit clear_estop() (an operator decision) releases it."""
+
+
+class PeerTimeoutError(TimeoutError):
+    """A peer did not answer within its deadline; the message says which and what to check."""
+
+
+@dataclass(frozen=True)
+class RobotSpec:
+    """What the policy needs to know about the robot before sending anything."""
+
+    protocol_version: int
+    robot: str
+    state_dim: int
+    action_dim: int
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+    fps: float
+    mode: str  # lockstep | realtime
+    max_chunk_len: int
+    heartbeat_s: float  # clients must send something at least this often (the driver's watchdog is ~4x this)
+    driver_id: str = ""  # changes when the driver restarts
+
+    def to_meta(self) -> dict:
+        d = asdict(self)
+        d["action_low"], d["action_high"] = list(self.action_low), list(self.action_high)
+        return d
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> RobotSpec:
+        names = {f.name for f in fields(cls)}
+        missing = names - set(meta) - {"driver_id"}
+        if missing:
+            raise HandshakeError(
+                f"driver spec lacks {sorted(missing)}: driver and policy run different releases"
+            )
+        d = {k: meta[k] for k in names if k in meta}
+        d["action_low"] = tuple(float(x) for x in d["action_low"])
+        d["action_high"] = tuple(float(x) for x in d["action_high"])
+        return cls(**d)
+
+    def check_against(self, expected: RobotSpec | dict) -> None:
+        """Raise HandshakeError naming the first field that differs (driver_id and heartbeat are not compared)."""
+        want = expected if isinstance(expected, dict) else asdict(expected)
+        for name, value in want.items():
+            if name in ("driver_id", "heartbeat_s") or value is None:
+                continue
+            have = getattr(self, name)
+            same = (
+                np.allclose(np.asarray(have, float), np.asarray(value, float))
+                if name in ("action_low", "action_high", "fps") and np.shape(have) == np.shape(value)
+                else have == value
+            )
+            if not same:
+                raise HandshakeError(
+                    f"robot spec mismatch: {name} is {have!r} on the driver, expected {value!r}"
+                )
+
+
+def obs_schema(state_dim: int | None = None, action_dim: int | None = None) -> Schema:
+    return Schema(
+        "obs",
+        {"state": FieldSpec("float32", (state_dim,)), "action": FieldSpec("float32", (action_dim,))},
+        {"t": NUM, "episode": int, "step": int, "fresh": bool, "safety": dict},
+    )
+
+
+def chunk_schema(action_dim: int | None = None, max_len: int = 1000) -> Schema:
+    # H is checked against max_len by the byte budget (a chunk of max_len float32 rows is the limit).
+    return Schema(
+        "chunk",
+        {"actions": FieldSpec("float32", (None, action_dim))},
+        {"t0": NUM, "chunk_id": int, "client": str},
+        max_bytes=max(1, max_len) * max(1, action_dim or 64) * 4,
+    )
+
+
+CMD = Schema("cmd", {}, {"op": str, "client": str})
+HEARTBEAT = Schema("heartbeat", {}, {"client": str})
+SPEC = Schema("spec", {}, {"state_dim": int, "action_dim": int, "fps": NUM, "mode": str})
+
+
+def driver_inbox(action_dim: int, max_chunk_len: int) -> dict[str, Schema]:
+    """Everything the driver accepts on its command socket."""
+    return {"chunk": chunk_schema(action_dim, max_chunk_len), "cmd": CMD, "heartbeat": HEARTBEAT}
+
+
+def client_inbox(state_dim: int | None = None, action_dim: int | None = None) -> dict[str, Schema]:
+    """Everything a policy accepts on the observation socket."""
+    return {"obs": obs_schema(state_dim, action_dim), "spec": SPEC}
+
+
+__all__ = [
+    "OPS",
+    "PROTOCOL_VERSION",
+    "EStopLatchedError",
+    "HandshakeError",
+    "PeerTimeoutError",
+    "RobotSpec",
+    "client_inbox",
+    "driver_inbox",
+    "obs_schema",
+]

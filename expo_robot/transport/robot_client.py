@@ -1,0 +1,277 @@
+"""The remote robot as the policy process sees it.
+
+    with RobotClient(cfg.runtime) as robot:
+        spec = robot.connect(timeout_s=10)            # handshake; HandshakeError / PeerTimeoutError, never a hang
+        obs = robot.reset(seed=0)                     # step 0 of a new episode
+        while not (obs.terminated or obs.truncated):
+            robot.send_chunk(actions, t0=obs.t, chunk_id=i)   # step k is due at t0 + k/fps on the driver clock
+            obs = robot.recv_obs(timeout_s=1.0)       # executed steps, in order (None on timeout)
+
+Heartbeats go out from a background thread (its own socket) every spec.heartbeat_s, so a policy busy computing is
+not taken for a dead one; they stop when the process dies, and the driver then holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from expo_robot.transport.protocol import (
+    EStopLatchedError,
+    HandshakeError,
+    PeerTimeoutError,
+    RobotSpec,
+    client_inbox,
+)
+from expo_robot.transport.sockets import CurveKeys, Pusher, Subscriber, address
+from expo_robot.transport.wire import Message, VersionMismatchError
+
+log = logging.getLogger(__name__)
+
+
+class NotConnectedError(ConnectionError):
+    """The client is used before connect() succeeded: call connect() first."""
+
+
+@dataclass
+class Observation:
+    state: np.ndarray
+    t: float  # driver clock (virtual in lock-step)
+    episode: int
+    step: int
+    action: np.ndarray  # executed to reach this state, after safety; zeros at step 0
+    reward: float = 0.0
+    terminated: bool = False
+    truncated: bool = False
+    success: bool = False
+    intervention: bool = False
+    safety: dict = field(default_factory=dict)  # state ok|hold|safe_state|estop|episode_end, reason, counters
+    chunk_id: int = -1
+    loop: dict = field(default_factory=dict)
+    fresh: bool = True  # False: republished while idle (no new step)
+    counters: dict = field(default_factory=dict)
+    stamp: float = 0.0  # driver clock at publication
+    wall: float = 0.0
+
+    @classmethod
+    def from_message(cls, msg: Message) -> Observation:
+        m = msg.meta
+        return cls(
+            state=msg.arrays["state"],
+            t=float(m["t"]),
+            episode=m["episode"],
+            step=m["step"],
+            action=msg.arrays["action"],
+            reward=float(m.get("reward", 0.0)),
+            terminated=bool(m.get("terminated", False)),
+            truncated=bool(m.get("truncated", False)),
+            success=bool(m.get("success", False)),
+            intervention=bool(m.get("intervention", False)),
+            safety=m["safety"],
+            chunk_id=int(m.get("chunk_id", -1)),
+            loop=m.get("loop", {}),
+            fresh=m["fresh"],
+            counters=m.get("counters", {}),
+            stamp=msg.stamp,
+            wall=msg.wall,
+        )
+
+
+class _Heartbeat(threading.Thread):
+    """Sends a heartbeat every interval on its own PUSH socket (ZeroMQ sockets are not shared across threads)."""
+
+    def __init__(self, addr: str, client: str, interval_s: float, curve: CurveKeys | None):
+        super().__init__(name=f"heartbeat-{client}", daemon=True)
+        self.addr, self.client, self.interval_s, self.curve = addr, client, interval_s, curve
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        with Pusher(self.addr, hwm=4, curve=self.curve, name="client.heartbeat") as push:
+            while not self.stopped.wait(self.interval_s):
+                push.send("heartbeat", meta={"client": self.client})
+
+
+class RobotClient:
+    def __init__(self, runtime_cfg: Mapping[str, Any], expected: RobotSpec | dict | None = None):
+        self.runtime = runtime_cfg
+        self.expected = expected
+        self.client_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.curve = CurveKeys.from_config(runtime_cfg.get("curve"))
+        self.obs_addr, self.cmd_addr = address(runtime_cfg, "obs"), address(runtime_cfg, "cmd")
+        self.spec: RobotSpec | None = None
+        self.latest: Observation | None = None
+        self.gaps = 0  # executed steps this client never saw (high-water mark overflow)
+        self._sub: Subscriber | None = None
+        self._push: Pusher | None = None
+        self._hb: _Heartbeat | None = None
+
+    # ---- handshake ----
+    def connect(self, timeout_s: float | None = None) -> RobotSpec:
+        """Handshake with the driver: returns its spec, or raises PeerTimeoutError / HandshakeError."""
+        timeout_s = float(timeout_s if timeout_s is not None else self.runtime.get("recv_timeout_s", 2.0))
+        hwm = int(self.runtime.get("obs_hwm", 1000))
+        self._sub = Subscriber(self.obs_addr, client_inbox(), hwm=hwm, curve=self.curve, name="client.obs")
+        self._push = Pusher(self.cmd_addr, hwm=hwm, curve=self.curve, name="client.cmd")
+        deadline = time.monotonic() + timeout_s
+        next_hello = 0.0
+        while time.monotonic() < deadline:
+            if time.monotonic() >= next_hello:
+                self._cmd("hello")
+                next_hello = time.monotonic() + 0.1
+            try:
+                msg = self._sub.recv(min(0.1, max(0.0, deadline - time.monotonic())), raise_invalid=True)
+            except VersionMismatchError as e:
+                self.close()
+                raise HandshakeError(f"robot spec mismatch: protocol_version: {e}") from e
+            except ValueError as e:  # WireError: anything else malformed is dropped
+                log.warning("client: dropped invalid message during handshake: %s", e)
+                continue
+            if msg is not None and msg.type == "spec":
+                return self._accept(RobotSpec.from_meta(msg.meta))
+            if msg is not None and msg.type == "obs":
+                self.latest = Observation.from_message(msg)
+        self.close()
+        raise PeerTimeoutError(
+            f"no robot driver answered at {self.obs_addr} / {self.cmd_addr} within {timeout_s:.1f} s: "
+            "start it (`expo-robot driver`) or check runtime.host and the ports"
+        )
+
+    def _accept(self, spec: RobotSpec) -> RobotSpec:
+        if self.expected is not None:
+            try:
+                spec.check_against(self.expected)
+            except HandshakeError:
+                self.close()
+                raise
+        self.spec = spec
+        self._sub.schema = client_inbox(spec.state_dim, spec.action_dim)
+        interval = min(float(self.runtime.get("heartbeat_s", 0.5)), spec.heartbeat_s)
+        self._hb = _Heartbeat(self.cmd_addr, self.client_id, interval, self.curve)
+        self._hb.start()
+        log.info("connected to %s (%s, %.0f Hz, %s)", spec.robot, spec.driver_id, spec.fps, spec.mode)
+        return spec
+
+    # ---- observations ----
+    def _require(self) -> RobotSpec:
+        if self.spec is None or self._sub is None:
+            raise NotConnectedError("RobotClient is not connected: call connect() first")
+        return self.spec
+
+    def _next(self, timeout_s: float) -> Observation | None:
+        msg = self._sub.recv(timeout_s)
+        if msg is None or msg.type != "obs":
+            return None
+        obs = Observation.from_message(msg)
+        if obs.fresh and self.latest is not None and obs.episode == self.latest.episode:
+            self.gaps += max(0, obs.step - self.latest.step - 1)
+        self.latest = obs
+        return obs
+
+    def recv_obs(self, timeout_s: float = 1.0) -> Observation | None:
+        """The next observation of an executed step (in order), or None at the deadline."""
+        self._require()
+        deadline = time.monotonic() + timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            obs = self._next(remaining)
+            if obs is not None and obs.fresh:
+                return obs
+        return None
+
+    def latest_obs(self, timeout_s: float = 0.0) -> Observation | None:
+        """The newest observation (fresh or republished) after reading everything queued; waits up to timeout_s."""
+        self._require()
+        obs = self._next(timeout_s)
+        while obs is not None:
+            newer = self._next(0.0)
+            if newer is None:
+                break
+            obs = newer
+        return self.latest
+
+    # ---- commands ----
+    def _cmd(self, op: str, **meta: Any) -> None:
+        if self._push is None:
+            raise NotConnectedError("RobotClient is not connected: call connect() first")
+        if not self._push.send("cmd", meta={"op": op, "client": self.client_id, **meta}):
+            raise PeerTimeoutError(
+                f"command '{op}' could not be queued to {self.cmd_addr}: the driver is not reading"
+            )
+
+    def send_chunk(self, actions: np.ndarray, t0: float, chunk_id: int) -> None:
+        """Send an action chunk float32[H, A]; step k is due at t0 + k/fps on the driver clock (see Observation.t)."""
+        spec = self._require()
+        actions = np.ascontiguousarray(actions, dtype=np.float32)
+        if (
+            actions.ndim != 2
+            or actions.shape[1] != spec.action_dim
+            or not 0 < actions.shape[0] <= spec.max_chunk_len
+        ):
+            raise ValueError(
+                f"chunk must be float32[H, {spec.action_dim}] with 1 <= H <= {spec.max_chunk_len}, got {actions.shape}"
+            )
+        if not np.isfinite(actions).all():
+            raise ValueError("chunk holds NaN or Inf; the driver would drop it")
+        meta = {"t0": float(t0), "chunk_id": int(chunk_id), "client": self.client_id}
+        if not self._push.send("chunk", {"actions": actions}, meta):
+            raise PeerTimeoutError(f"chunk could not be queued to {self.cmd_addr}: the driver is not reading")
+
+    def reset(self, seed: int | None = None, timeout_s: float | None = None) -> Observation:
+        """Start a new episode; returns its step-0 observation (PeerTimeoutError if none comes)."""
+        self._require()
+        before = self.latest.episode if self.latest is not None else -1
+        self._cmd("reset", **({"seed": int(seed)} if seed is not None else {}))
+        timeout_s = (
+            float(timeout_s if timeout_s is not None else self.runtime.get("recv_timeout_s", 2.0)) + 10.0
+        )
+        deadline = time.monotonic() + timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            obs = self._next(remaining)
+            if obs is not None and obs.fresh and obs.step == 0 and obs.episode > before:
+                return obs
+            if obs is not None and obs.safety.get("state") == "estop":
+                raise EStopLatchedError("reset refused: the e-stop is latched; call clear_estop() first")
+        raise PeerTimeoutError(
+            f"no step-0 observation within {timeout_s:.1f} s after reset: is the driver alive?"
+        )
+
+    def estop(self, reason: str = "policy") -> None:
+        self._cmd("estop", reason=reason)
+
+    def clear_estop(self) -> None:
+        self._cmd("clear_estop")
+
+    # ---- teardown ----
+    def close(self) -> None:
+        if self._hb is not None:
+            self._hb.stopped.set()
+            self._hb.join(timeout=1.0)
+            self._hb = None
+        for sock in (self._sub, self._push):
+            if sock is not None:
+                sock.close()
+        self._sub = self._push = None
+        self.spec = None
+
+    def __enter__(self) -> RobotClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> dict:
+        out = {"gaps": self.gaps}
+        for name, sock in (("obs", self._sub), ("cmd", self._push)):
+            if sock is not None:
+                out.update({f"{name}.{k}": v for k, v in sock.stats().items()})
+        return out
+
+
+__all__ = ["NotConnectedError", "Observation", "RobotClient"]

@@ -1,0 +1,258 @@
+"""Small ZeroMQ channel wrappers shared by the driver, the actor and the learner.
+
+Every channel: LINGER=0 (closing never blocks), a high-water mark, non-blocking sends (a full queue drops and counts
+instead of stalling a control loop), a deadline on every receive, validation of every received message (bad ones
+are counted by reason, logged and dropped), and optional CurveZMQ encryption/authentication from config.
+
+    pub = Publisher(address(cfg.runtime, "obs"), schema=OBS)          # binds
+    sub = Subscriber(address(cfg.runtime, "obs"), schema=OBS)         # connects
+    msg = sub.recv(timeout_s=0.5)                                     # Message or None
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from expo_robot.transport.wire import Message, Schema, WireError, decode, encode
+
+log = logging.getLogger(__name__)
+_LOG_EVERY_S = (
+    5.0  # invalid messages are logged at most this often per channel (a fuzzer must not flood logs)
+)
+
+
+class TransportError(ConnectionError):
+    """A socket could not be set up (address in use, bad key files, ...); the message says what to change."""
+
+
+def address(runtime_cfg: Mapping[str, Any], name: str, host: str | None = None) -> str:
+    """tcp://host:port for a named channel of configs/runtime (obs, cmd, weights, transitions)."""
+    key = f"{name}_port"
+    if key not in runtime_cfg:
+        names = sorted(k[: -len("_port")] for k in runtime_cfg if str(k).endswith("_port"))
+        raise TransportError(f"runtime config has no '{key}'; known channels: {', '.join(names)}")
+    return f"tcp://{host or runtime_cfg.get('host', '127.0.0.1')}:{int(runtime_cfg[key])}"
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """CurveZMQ keys. The binding side is the server; connecting sides need the server's public key.
+
+    Key files are those written by `zmq.auth.create_certificates` (public `.key`, secret `.key_secret`).
+    `authorized_clients_dir`, when set on the server, limits access to the clients' public keys in that folder.
+    """
+
+    server_public_key_file: str
+    server_secret_key_file: str | None = None
+    client_public_key_file: str | None = None
+    client_secret_key_file: str | None = None
+    authorized_clients_dir: str | None = None
+
+    @classmethod
+    def from_config(cls, curve_cfg: Mapping[str, Any] | None) -> CurveKeys | None:
+        if not curve_cfg:
+            return None
+        return cls(**{k: (str(v) if v is not None else None) for k, v in dict(curve_cfg).items()})
+
+
+def _load_keys(path: str | None, secret: bool) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
+    if not path:
+        raise TransportError(f"CurveZMQ needs a {'secret' if secret else 'public'} key file in runtime.curve")
+    try:
+        return zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise TransportError(f"cannot read CurveZMQ key file {path}: {e}") from e
+
+
+_authenticators: dict[int, Any] = {}  # one ZAP authenticator per context
+
+
+def _apply_curve(ctx: zmq.Context, sock: zmq.Socket, keys: CurveKeys, server: bool) -> None:
+    if server:
+        public, secret = _load_keys(keys.server_secret_key_file, secret=True)
+        if secret is None:
+            raise TransportError(f"{keys.server_secret_key_file} holds no secret key")
+        if keys.authorized_clients_dir and id(ctx) not in _authenticators:
+            from zmq.auth.thread import ThreadAuthenticator
+
+            auth = ThreadAuthenticator(ctx)
+            auth.start()
+            auth.configure_curve(domain="*", location=str(Path(keys.authorized_clients_dir)))
+            _authenticators[id(ctx)] = auth
+        sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
+        return
+    server_public, _ = _load_keys(keys.server_public_key_file, secret=False)
+    public, secret = _load_keys(keys.client_secret_key_file, secret=True)
+    if secret is None:
+        raise TransportError(f"{keys.client_secret_key_file} holds no secret key")
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, public, secret
+
+
+class Channel:
+    """One ZeroMQ socket with validation, deadlines and counters. Not thread-safe (ZeroMQ sockets never are)."""
+
+    kind: int = zmq.PAIR
+    binds: bool = False
+
+    def __init__(
+        self,
+        addr: str,
+        schema: Schema | Mapping[str, Schema] | None = None,
+        hwm: int = 100,
+        bind: bool | None = None,
+        curve: CurveKeys | None = None,
+        ctx: zmq.Context | None = None,
+        name: str = "",
+    ):
+        self.addr, self.schema, self.name = addr, schema, name or f"{type(self).__name__}({addr})"
+        self.counters: Counter = Counter()
+        self._seq = 0
+        self._last_log = -_LOG_EVERY_S
+        self._ctx = ctx or zmq.Context.instance()
+        self.sock = self._ctx.socket(self.kind)
+        self.sock.linger = 0
+        self.sock.sndhwm = self.sock.rcvhwm = hwm
+        binds = self.binds if bind is None else bind
+        try:
+            if curve is not None:
+                _apply_curve(self._ctx, self.sock, curve, server=binds)
+            self._setup()
+            (self.sock.bind if binds else self.sock.connect)(addr)
+        except zmq.ZMQError as e:
+            self.sock.close()
+            verb = "bind" if binds else "connect"
+            raise TransportError(
+                f"{self.name}: cannot {verb} {addr}: {e} (is another process using it?)"
+            ) from e
+        except TransportError:
+            self.sock.close()
+            raise
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+
+    def _setup(self) -> None:
+        """Socket options that must be set before bind/connect."""
+
+    # ---- sending ----
+    def send(
+        self,
+        msg_type: str,
+        arrays: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        stamp: float | None = None,
+    ) -> bool:
+        """Non-blocking send; False (and counted in `send_dropped`) when the queue is full."""
+        frames = encode(msg_type, arrays, meta, seq=self._seq, stamp=stamp)
+        self._seq += 1
+        try:
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.counters["send_dropped"] += 1
+            return False
+        self.counters["sent"] += 1
+        return True
+
+    # ---- receiving ----
+    def recv(self, timeout_s: float = 0.0, raise_invalid: bool = False) -> Message | None:
+        """The next valid message within timeout_s, else None. Invalid ones are counted, logged and skipped."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            remaining = deadline - time.monotonic()
+            if not self._poller.poll(max(0, int(remaining * 1000)) if remaining > 0 else 0):
+                return None
+            msg = self._recv_ready(raise_invalid)
+            if msg is not None:
+                return msg
+            if time.monotonic() >= deadline:
+                return None
+
+    def drain_latest(self, timeout_s: float = 0.0) -> Message | None:
+        """Wait up to timeout_s for a message, then read everything queued; the newest valid one wins."""
+        latest = self.recv(timeout_s)
+        if latest is None:
+            return None
+        while True:
+            newer = self.recv(0.0)
+            if newer is None:
+                return latest
+            self.counters["superseded"] += 1
+            latest = newer
+
+    def _recv_ready(self, raise_invalid: bool) -> Message | None:
+        try:
+            frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+        self.counters["received"] += 1
+        try:
+            msg = decode(frames, self.schema)
+        except WireError as e:
+            self.counters["invalid"] += 1
+            self.counters[f"invalid.{e.reason}"] += 1
+            if raise_invalid:
+                raise
+            self._log_invalid(e)
+            return None
+        self.counters["valid"] += 1
+        return msg
+
+    def _log_invalid(self, error: WireError) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= _LOG_EVERY_S:
+            self._last_log = now
+            log.warning(
+                "%s: dropped invalid message (%s); %d dropped so far",
+                self.name,
+                error,
+                self.counters["invalid"],
+            )
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counters)
+
+    def close(self) -> None:
+        if not self.sock.closed:
+            self.sock.close(linger=0)
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Publisher(Channel):
+    """PUB, binds. Slow subscribers lose messages at the high-water mark instead of stalling the publisher."""
+
+    kind, binds = zmq.PUB, True
+
+
+class Subscriber(Channel):
+    """SUB to everything, connects. Reconnects on its own when the publisher restarts."""
+
+    kind, binds = zmq.SUB, False
+
+    def _setup(self) -> None:
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+
+
+class Pusher(Channel):
+    """PUSH, connects. Messages queue (up to the high-water mark) until the puller is there."""
+
+    kind, binds = zmq.PUSH, False
+
+
+class Puller(Channel):
+    """PULL, binds. Several pushers may connect (e.g. several actors feeding one learner)."""
+
+    kind, binds = zmq.PULL, True

@@ -1,0 +1,264 @@
+"""The wire format: a msgpack header frame followed by one raw buffer per array. No pickle, ever.
+
+Header (msgpack map): type, v (protocol version), seq, stamp (sender's monotonic or virtual clock), wall
+(time.time() at send), meta (small msgpack-native dict), fields ([name, dtype, shape] per array, in frame order).
+
+Every received message goes through `decode`, which checks the header, versions, dtypes, shapes, sizes and (with a
+`Schema`) the allowed fields, exact dtypes/shapes, finiteness and required meta keys. Anything wrong raises
+`WireError` (a ValueError) with a short `reason` code that sockets count per reason.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024  # per message, all arrays together
+MAX_NDIM = 8
+MAX_FIELDS = 32
+# Plain little-endian numeric dtypes only: no object, string, void or structured dtypes on the wire.
+ALLOWED_DTYPES = frozenset(
+    [
+        "bool",
+        "uint8",
+        "int8",
+        "uint16",
+        "int16",
+        "uint32",
+        "int32",
+        "uint64",
+        "int64",
+        "float16",
+        "float32",
+        "float64",
+    ]
+)
+_HEADER_KEYS = ("type", "v", "seq", "stamp", "wall", "meta", "fields")
+
+
+class WireError(ValueError):
+    """A received message is malformed or violates its schema. `reason` is a short code for counters."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class VersionMismatchError(WireError):
+    """The peer speaks another protocol version: upgrade both sides to the same expo-robot release."""
+
+    def __init__(self, theirs: Any):
+        super().__init__(
+            "version",
+            f"peer speaks protocol version {theirs!r}, this process speaks {PROTOCOL_VERSION}; "
+            "run the same expo-robot release on both sides",
+        )
+        self.theirs = theirs
+
+
+@dataclass
+class Message:
+    type: str
+    seq: int
+    stamp: float
+    meta: dict
+    arrays: dict[str, np.ndarray]
+    wall: float = 0.0
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One array field. shape: None = any shape; a None entry = any length on that axis."""
+
+    dtype: str
+    shape: tuple[int | None, ...] | None = None
+    finite: bool = True
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What a message type may carry. meta: required key -> type (or tuple of types); floats must be finite."""
+
+    type: str
+    fields: Mapping[str, FieldSpec] = field(default_factory=dict)
+    meta: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+
+def _as_wire_array(name: str, value: Any) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.name not in ALLOWED_DTYPES:
+        raise TypeError(
+            f"array '{name}' has dtype {arr.dtype}; the wire carries only {sorted(ALLOWED_DTYPES)}"
+        )
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(arr)
+
+
+def encode(
+    msg_type: str,
+    arrays: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    seq: int = 0,
+    stamp: float | None = None,
+) -> list:
+    """Frames for `socket.send_multipart(frames, copy=False)`: header bytes, then the arrays (not copied)."""
+    bufs = [_as_wire_array(k, v) for k, v in (arrays or {}).items()]
+    header = {
+        "type": msg_type,
+        "v": PROTOCOL_VERSION,
+        "seq": int(seq),
+        "stamp": float(time.monotonic() if stamp is None else stamp),
+        "wall": time.time(),
+        "meta": dict(meta or {}),
+        "fields": [[k, b.dtype.name, list(b.shape)] for k, b in zip(arrays or {}, bufs)],
+    }
+    return [msgpack.packb(header, use_bin_type=True), *bufs]
+
+
+def _buffer(frame: Any) -> memoryview:
+    buf = frame.buffer if hasattr(frame, "buffer") else frame  # zmq.Frame (copy=False) or bytes
+    return memoryview(buf).cast("B")
+
+
+def _unpack_header(raw: memoryview) -> dict:
+    if len(raw) > MAX_HEADER_BYTES:
+        raise WireError("header_size", f"header is {len(raw)} bytes (limit {MAX_HEADER_BYTES})")
+    try:
+        header = msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=MAX_HEADER_BYTES,
+            max_bin_len=MAX_HEADER_BYTES,
+            max_array_len=4096,
+            max_map_len=1024,
+        )
+    except Exception as e:  # msgpack raises many types (ExtraData, FormatError, ValueError, ...)
+        raise WireError("header_garbage", f"header is not valid msgpack ({type(e).__name__})") from e
+    if not isinstance(header, dict) or any(k not in header for k in _HEADER_KEYS):
+        raise WireError("header_keys", f"header must be a map with keys {_HEADER_KEYS}")
+    return header
+
+
+def _check_header(h: dict) -> None:
+    if not isinstance(h["type"], str) or not 0 < len(h["type"]) <= 64:
+        raise WireError("header_type", "message type must be a short non-empty string")
+    if h["v"] != PROTOCOL_VERSION:
+        raise VersionMismatchError(h["v"])
+    if not isinstance(h["seq"], int) or isinstance(h["seq"], bool):
+        raise WireError("header_seq", "seq must be an integer")
+    for key in ("stamp", "wall"):
+        value = h[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise WireError("header_stamp", f"{key} must be a finite number")
+    if not isinstance(h["meta"], dict):
+        raise WireError("header_meta", "meta must be a map")
+    if not isinstance(h["fields"], list) or len(h["fields"]) > MAX_FIELDS:
+        raise WireError("header_fields", f"fields must be a list of at most {MAX_FIELDS} entries")
+
+
+def _field_array(entry: Any, buf: memoryview, budget: int) -> tuple[str, np.ndarray, int]:
+    if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)):
+        raise WireError("field_entry", "each field must be [name, dtype, shape]")
+    name, dtype, shape = entry
+    if dtype not in ALLOWED_DTYPES:
+        raise WireError("dtype", f"field '{name[:40]}' has dtype {str(dtype)[:20]!r}, not allowed")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_NDIM
+        or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape)
+    ):
+        raise WireError(
+            "shape", f"field '{name[:40]}' shape must be a list of <= {MAX_NDIM} non-negative ints"
+        )
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > budget:
+        raise WireError("size", f"field '{name[:40]}' declares {nbytes} bytes, over the size limit")
+    if len(buf) != nbytes:
+        raise WireError("buffer_size", f"field '{name[:40]}' has {len(buf)} bytes, header says {nbytes}")
+    return name, np.frombuffer(buf, dtype=dtype).reshape(shape), nbytes
+
+
+def _check_schema(msg: Message, schema: Schema) -> None:
+    for name, spec in schema.fields.items():
+        if name not in msg.arrays:
+            if spec.required:
+                raise WireError("missing_field", f"'{msg.type}' needs array '{name}'")
+            continue
+        arr = msg.arrays[name]
+        if arr.dtype.name != spec.dtype:
+            raise WireError("dtype", f"'{msg.type}.{name}' must be {spec.dtype}, got {arr.dtype.name}")
+        if spec.shape is not None and (
+            arr.ndim != len(spec.shape)
+            or any(w is not None and w != d for w, d in zip(spec.shape, arr.shape))
+        ):
+            raise WireError("shape", f"'{msg.type}.{name}' must have shape {spec.shape}, got {arr.shape}")
+        if spec.finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise WireError("not_finite", f"'{msg.type}.{name}' holds NaN or Inf")
+    extra = set(msg.arrays) - set(schema.fields)
+    if extra:
+        raise WireError("extra_field", f"'{msg.type}' does not take arrays {sorted(extra)[:4]}")
+    for key, kind in schema.meta.items():
+        value = msg.meta.get(key)
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+            raise WireError("meta", f"'{msg.type}' meta '{key}' must be {kind}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise WireError("not_finite", f"'{msg.type}' meta '{key}' is NaN or Inf")
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def decode(frames: Sequence[Any], schema: Schema | Mapping[str, Schema] | None = None) -> Message:
+    """Validate and decode frames (bytes or zmq.Frame). Arrays are read-only views on the received buffers.
+
+    schema: one Schema (only that type is accepted), a {type: Schema} map (only those types), or None (any type,
+    structure checks only). Raises WireError (VersionMismatchError for another protocol version).
+    """
+    if not 1 <= len(frames) <= MAX_FIELDS + 1:
+        raise WireError(
+            "frame_count", f"{len(frames)} frames (expected 1 header + up to {MAX_FIELDS} arrays)"
+        )
+    header = _unpack_header(_buffer(frames[0]))
+    _check_header(header)
+    if len(header["fields"]) != len(frames) - 1:
+        raise WireError("frame_count", f"header lists {len(header['fields'])} arrays, got {len(frames) - 1}")
+    spec = _pick_schema(header["type"], schema)
+    budget = spec.max_bytes if spec is not None else DEFAULT_MAX_BYTES
+    arrays: dict[str, np.ndarray] = {}
+    for entry, frame in zip(header["fields"], frames[1:]):
+        name, arr, nbytes = _field_array(entry, _buffer(frame), budget)
+        if name in arrays:
+            raise WireError("field_entry", f"array '{name[:40]}' appears twice")
+        arrays[name] = arr
+        budget -= nbytes
+    msg = Message(
+        header["type"], header["seq"], float(header["stamp"]), header["meta"], arrays, header["wall"]
+    )
+    if spec is not None:
+        _check_schema(msg, spec)
+    return msg
+
+
+def _pick_schema(msg_type: str, schema: Schema | Mapping[str, Schema] | None) -> Schema | None:
+    if schema is None:
+        return None
+    if isinstance(schema, Schema):
+        if msg_type != schema.type:
+            raise WireError("unexpected_type", f"expected '{schema.type}', got '{msg_type[:40]}'")
+        return schema
+    if msg_type not in schema:
+        raise WireError("unexpected_type", f"'{msg_type[:40]}' is not one of {sorted(schema)}")
+    return schema[msg_type]
