@@ -1,0 +1,9 @@
+"""Observability: metrics files (JSONL + TensorBoard), statistics, plots, Markdown reports, live status.
+
+Modules, one concept each:
+  metrics  MetricsLogger / read_metrics: every scalar to run_dir/metrics.jsonl and run_dir/tb (TensorBoard)
+  stats    Wilson intervals, two-rate comparison, latency percentiles, loop cadence
+  plots    fine-tune and evaluation figures (PNG)
+  report   Markdown + JSON reports for fine-tune sessions and evaluations
+  live     live status panel and progress bars that fall back to plain log lines off a terminal
+"""
