@@ -36,7 +36,7 @@ COMMANDS: dict[str, Command] = {
     "calibrate": Command("calibrate a robot or camera; stored under calibration/", None, "issue #7"),
     "check": Command("preflight: devices, calibration, limits, ports, latency", None, "issue #7"),
     "bench": Command("benchmarks: learning | transport | policy", "expo_robot.bench:main"),
-    "driver": Command("run only the robot driver process (multi-machine runs)", None, "issue #4"),
+    "driver": Command("run only the robot driver process (multi-machine runs)", "drivers.server:main"),
     "actor": Command("run only the policy process (multi-machine runs)", None, "issue #5"),
     "learner": Command("run only the learner process (multi-machine runs)", None, "issue #5"),
 }
