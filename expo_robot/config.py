@@ -11,7 +11,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-GROUPS = ("robot", "cameras", "task", "agent", "teleop", "safety", "runtime")
+GROUPS = ("robot", "cameras", "task", "agent", "teleop", "safety", "runtime", "session")
 
 
 class ConfigError(ValueError):
