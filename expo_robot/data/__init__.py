@@ -1,0 +1,1 @@
+"""Data: scripted operators, LeRobotDataset writing/reading, seed data, replay buffers and chunking."""
