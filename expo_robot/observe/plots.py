@@ -76,8 +76,9 @@ def _success_panel(ax: Axes, records: Sequence[Mapping], bc_rate: float | None, 
         n = np.array([r[m.EVAL_EPISODES] for r in evals], dtype=int)
         ci = np.array([wilson_interval(int(a), int(b)) for a, b in zip(k, n)])
         p = k / n
-        ax.errorbar([r["step"] for r in evals], p, yerr=[p - ci[:, 0], ci[:, 1] - p], fmt="o", color=COLORS[1],
-                    capsize=4, label="evaluation (95% Wilson)")  # fmt: skip
+        yerr = np.vstack([p - ci[:, 0], ci[:, 1] - p])
+        steps = [r["step"] for r in evals]
+        ax.errorbar(steps, p, yerr=yerr, fmt="o", color=COLORS[1], capsize=4, label="evaluation (95% Wilson)")
     if bc_rate is not None:
         ax.axhline(bc_rate, color="0.3", ls="--", lw=1.5, label=f"BC start ({bc_rate:.0%})")
     ax.set_ylim(-0.03, 1.03)
@@ -244,7 +245,13 @@ def _success_bars(ax: Axes, summaries: list[dict]) -> None:
     x = np.arange(len(summaries))
     ax.bar(x, rates, color=[COLORS[i % 10] for i in x], alpha=0.8, width=0.6)
     ax.errorbar(
-        x, rates, yerr=[rates - ci[:, 0], ci[:, 1] - rates], fmt="none", ecolor="0.15", capsize=8, lw=1.5
+        x,
+        rates,
+        yerr=np.vstack([rates - ci[:, 0], ci[:, 1] - rates]),
+        fmt="none",
+        ecolor="0.15",
+        capsize=8,
+        lw=1.5,
     )
     for i, s in enumerate(summaries):
         k, n = s["success"]["successes"], s["success"]["n"]
