@@ -1,0 +1,150 @@
+"""What every agent shares: device, normaliser, random streams, batches as tensors, checkpoints, acting state."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from expo_robot.agent.normalize import Normalizer
+
+
+class AgentStateError(ValueError):
+    """A checkpoint or acting state that does not match this agent (other config, other spec)."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device} asked for, but torch sees no CUDA device; use device=cpu or device=auto"
+        )
+    return torch.device(device)
+
+
+class Temperature(nn.Module):
+    """SAC's auto-tuned entropy temperature, stored as log(alpha)."""
+
+    def __init__(self, init: float):
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(init)))
+
+    def forward(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+
+class AgentCore:
+    """Base class. Subclasses fill `self.modules`, `self.optims` and `ACTING` (module names an actor needs)."""
+
+    ACTING: tuple[str, ...] = ()
+
+    def __init__(self, cfg: dict, spec, device="auto", seed: int = 0):
+        self.cfg, self.spec = cfg, spec
+        self.device = resolve_device(device)
+        self.act_dim = spec.chunk * spec.action_dim
+        torch.manual_seed(seed)  # network initialisation
+        self.gen = torch.Generator(self.device).manual_seed(seed)  # sampling noise on the compute device
+        self.cpu_gen = torch.Generator().manual_seed(seed + 1)  # ensemble subsets
+        self.rng = np.random.default_rng(seed)  # minibatch indices
+        self.norm = Normalizer(spec.state_dim, spec.action_low, spec.action_high, spec.chunk).to(self.device)
+        self.modules: dict[str, nn.Module] = {"norm": self.norm}
+        self.optims: dict[str, torch.optim.Optimizer] = {}
+        self.counters = {"updates": 0, "pretrain_steps": 0}
+
+    # ----- data -----
+    def ensure_normalizer(self, buffer) -> None:
+        """Fit observation statistics once, from the offline data (or whatever buffer comes first)."""
+        if not bool(self.norm.fitted) and buffer is not None and len(buffer) > 0:
+            self.norm.fit(buffer.data["obs"][: len(buffer)])
+
+    def tensors(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """A replay batch as normalised tensors: obs, action (flat chunk), reward, next_obs, discount."""
+        t = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items() if k != "source"}
+        b = t["obs"].shape[0]
+        return {
+            "obs": self.norm.obs(t["obs"]),
+            "action": self.norm.action(t["actions"].reshape(b, -1)),
+            "reward": t["reward"],
+            "next_obs": self.norm.obs(t["next_obs"]),
+            "discount": t["discount"],
+        }
+
+    def obs_tensor(self, state: np.ndarray) -> torch.Tensor:
+        s = torch.as_tensor(np.asarray(state, np.float32), device=self.device)
+        return self.norm.obs(s.reshape(-1, self.spec.state_dim))
+
+    def to_env(self, action: torch.Tensor) -> np.ndarray:
+        """Normalised flat chunks [B, D] -> env units [B, H, A], clipped to the action bounds."""
+        a = self.norm.unaction(action).cpu().numpy()
+        return a.reshape(-1, self.spec.chunk, self.spec.action_dim)
+
+    # ----- acting -----
+    def act(self, state: np.ndarray, mode: str = "explore") -> np.ndarray:
+        """One state [S] -> one chunk [H, A] in env units."""
+        return self.act_batch(np.asarray(state)[None], mode)[0]
+
+    def act_batch(self, states: np.ndarray, mode: str = "explore") -> np.ndarray:
+        if mode not in ("explore", "eval"):
+            raise ValueError(f"mode must be 'explore' or 'eval', got '{mode}'")
+        with torch.no_grad():
+            return self.to_env(self._act(self.obs_tensor(states), mode == "eval"))
+
+    def _act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ----- state -----
+    def acting_state(self) -> dict[str, np.ndarray]:
+        """Flat {module.param: array} with only what an actor needs; plain arrays, safe to send raw."""
+        return {
+            f"{name}.{k}": v.detach().cpu().numpy().copy()
+            for name in ("norm", *self.ACTING)
+            for k, v in self.modules[name].state_dict().items()
+        }
+
+    def load_acting_state(self, d: dict[str, np.ndarray]) -> None:
+        for name in ("norm", *self.ACTING):
+            module = self.modules[name]
+            own = module.state_dict()
+            new = {}
+            for k, v in own.items():
+                key = f"{name}.{k}"
+                if key not in d or tuple(np.shape(d[key])) != tuple(v.shape):
+                    raise AgentStateError(
+                        f"acting state lacks '{key}' {tuple(v.shape)} (got {np.shape(d.get(key))}); "
+                        "learner and actor must use the same agent config"
+                    )
+                new[k] = torch.as_tensor(
+                    np.array(d[key]), dtype=v.dtype
+                )  # copy: socket buffers are read-only
+            module.load_state_dict(new)
+
+    def state_dict(self) -> dict:
+        return {
+            "agent": type(self).__name__,
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optims": {k: o.state_dict() for k, o in self.optims.items()},
+            "counters": dict(self.counters),
+            "rng": {
+                "torch": self.gen.get_state(),
+                "cpu": self.cpu_gen.get_state(),
+                "numpy": self.rng.bit_generator.state,
+            },
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        if d.get("agent") != type(self).__name__ or set(d["modules"]) != set(self.modules):
+            raise AgentStateError(
+                f"checkpoint is for {d.get('agent')} with modules {sorted(d['modules'])}; this agent is "
+                f"{type(self).__name__} with {sorted(self.modules)}: load it with the config it was saved with"
+            )
+        for k, m in self.modules.items():
+            m.load_state_dict(d["modules"][k])
+        for k, o in self.optims.items():
+            o.load_state_dict(d["optims"][k])
+        self.counters = dict(d["counters"])
+        self.gen.set_state(d["rng"]["torch"])
+        self.cpu_gen.set_state(d["rng"]["cpu"])
+        self.rng.bit_generator.state = d["rng"]["numpy"]

@@ -1,0 +1,171 @@
+"""EXPO: an imitation-trained expressive base, a bounded Gaussian edit policy, and on-the-fly (OTF) selection.
+
+One class with two flags covers the paper's method and its ablations:
+- use_edit=False: best-of-N selection among base proposals (IDQL-like, "no edit policy");
+- otf_backup=False: the TD target uses one edited base sample instead of the OTF argmax ("no OTF in the backup").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from expo_robot.agent.bc import BCAgent
+from expo_robot.agent.core import Temperature
+from expo_robot.agent.critic import EnsembleCritic, make_target, random_subset, soft_update
+from expo_robot.agent.gaussian import EditPolicy
+from expo_robot.agent.nets import grad_norm
+from expo_robot.agent.proposal_cache import ProposalCache
+from expo_robot.agent.select import Selection, select
+
+
+class ExpoAgent(BCAgent):
+    ACTING = ("base_ema", "edit", "critic_target")
+
+    def __init__(self, cfg: dict, spec, device="auto", seed: int = 0):
+        super().__init__(cfg, spec, device, seed)
+        e, c, a, s = cfg["edit"], cfg["critic"], cfg["alpha"], cfg["select"]
+        self.use_edit, self.otf_backup = bool(cfg["use_edit"]), bool(cfg["otf_backup"])
+        self.edit = EditPolicy(spec.state_dim, self.act_dim, e["hidden"], e["depth"], e["beta"], e["dropout"])
+        self.critic = EnsembleCritic(spec.state_dim, self.act_dim, c["members"], c["hidden"], c["depth"])
+        self.edit, self.critic = self.edit.to(self.device), self.critic.to(self.device)
+        self.critic_target = make_target(self.critic)
+        self.temperature = Temperature(a["init"]).to(self.device)
+        te = a.get("target_entropy")
+        self.target_entropy = -self.act_dim / 2 if te is None else float(te)
+        self.modules.update(edit=self.edit, critic=self.critic, critic_target=self.critic_target)
+        self.modules["temperature"] = self.temperature
+        self.optims.update(
+            edit=torch.optim.Adam(self.edit.parameters(), lr=e["lr"]),
+            critic=torch.optim.Adam(self.critic.parameters(), lr=c["lr"]),
+            alpha=torch.optim.Adam(self.temperature.parameters(), lr=a["lr"]),
+        )
+        self.cache = None
+        if s.get("proposal_cache_age", 0) > 0:
+            self.cache = ProposalCache(s["proposal_cache_age"], s["n_backup"], self.act_dim, self.device)
+
+    # ----- selection: the one place that proposes, edits, scores and picks -----
+    def subset(self) -> torch.Tensor:
+        c = self.cfg["critic"]
+        return random_subset(c["members"], c["subset"], self.cpu_gen, self.device)
+
+    def otf(
+        self, obs: torch.Tensor, *, acting: bool, deterministic: bool = False, proposals=None
+    ) -> Selection:
+        """Acting: EMA base, N_act proposals, full sampling steps. Backup: live base, N_backup, proposal_steps."""
+        s = self.cfg["select"]
+        self.edit.eval()
+        return select(
+            obs,
+            self.critic_target,
+            self.subset(),
+            base=self.base_ema if acting else self.base,
+            n=s["n_act"] if acting else s["n_backup"],
+            steps=None if acting else s.get("proposal_steps"),
+            proposals=proposals,
+            edit=self.edit if self.use_edit else None,
+            deterministic_edit=deterministic,
+            generator=self.gen,
+        )
+
+    def _act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        return self.otf(obs, acting=True, deterministic=deterministic).action
+
+    # ----- TD backup -----
+    def backup_proposals(self, t: dict, batch: dict | None) -> torch.Tensor:
+        s = self.cfg["select"]
+
+        def fresh(next_obs: torch.Tensor) -> torch.Tensor:
+            return self.base.sample(next_obs, s["n_backup"], s.get("proposal_steps"), self.gen)
+
+        if self.cache is None or batch is None or "index" not in batch:
+            return fresh(t["next_obs"])
+        return self.cache.get(
+            t["next_obs"], batch["index"], batch["source"], self._capacities, self.counters["updates"], fresh
+        )
+
+    @torch.no_grad()
+    def td_target(self, t: dict, batch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """r + gamma^h * Q_target(s', a'), with a' the OTF choice (or, ablation, one edited base sample).
+
+        Returns (target [B], next action [B, D]). No entropy term in the target (as in the paper).
+        """
+        if self.otf_backup:
+            sel = self.otf(t["next_obs"], acting=False, proposals=self.backup_proposals(t, batch))
+            next_action, next_q = sel.action, sel.q
+        else:
+            s = self.cfg["select"]
+            proposal = self.base.sample(t["next_obs"], 1, s.get("proposal_steps"), self.gen)[:, 0]
+            next_action = proposal
+            if self.use_edit:
+                next_action, _ = self.edit(t["next_obs"], proposal, generator=self.gen)
+            next_q = self.critic_target.min_over(t["next_obs"], next_action, self.subset())
+        return t["reward"] + t["discount"] * next_q, next_action
+
+    def critic_step(self, t: dict, batch: dict | None = None) -> dict[str, float]:
+        target, _ = self.td_target(t, batch)
+        q = self.critic(t["obs"], t["action"])  # [E, B]
+        loss = ((q - target) ** 2).mean()
+        opt = self.optims["critic"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = grad_norm(self.critic.parameters())
+        opt.step()
+        soft_update(self.critic_target, self.critic, self.cfg["critic"]["tau"])
+        return {
+            "critic/loss": float(loss.detach()),
+            "critic/grad_norm": gnorm,
+            "q/mean": float(q.detach().mean()),
+            "q/target_mean": float(target.mean()),
+        }
+
+    # ----- edit policy and temperature -----
+    def edit_step(self, t: dict) -> dict[str, float]:
+        """alpha * log pi - mean over ALL members of Q(s, a + beta tanh u), on replay actions."""
+        self.edit.train()
+        alpha = self.temperature().detach()
+        edited, log_prob = self.edit(t["obs"], t["action"], generator=self.gen)
+        self.critic.requires_grad_(False)
+        q = self.critic(t["obs"], edited).mean(0)
+        self.critic.requires_grad_(True)
+        loss = (alpha * log_prob - q).mean()
+        opt = self.optims["edit"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = grad_norm(self.edit.parameters())
+        opt.step()
+        self.edit.eval()
+        alpha_loss = -(self.temperature.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        self.optims["alpha"].zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.optims["alpha"].step()
+        return {
+            "edit/loss": float(loss.detach()),
+            "edit/grad_norm": gnorm,
+            "edit/entropy": float(-log_prob.detach().mean()),
+            "edit/q": float(q.detach().mean()),
+            "edit/size": float((edited - t["action"]).detach().abs().mean()),
+            "alpha": float(self.temperature()),
+            "alpha/loss": float(alpha_loss.detach()),
+        }
+
+    # ----- one env step's worth of learning -----
+    def update(self, offline_buffer, online_buffer) -> dict:
+        """UTD critic steps on symmetric minibatches, then one base, one edit and one alpha step on the last."""
+        self._capacities = {
+            0: offline_buffer.capacity if offline_buffer is not None else 0,
+            1: online_buffer.capacity if online_buffer is not None else 0,
+        }
+        n = self.cfg["batch_size"]
+        metrics: dict[str, float] = {}
+        for _ in range(self.cfg["utd"]):
+            batch = self._symmetric(offline_buffer, online_buffer, n)
+            t = self.tensors(batch)
+            metrics = self.critic_step(t, batch)
+        metrics |= self.imitation_step(t, self.cfg["base"]["ema_rate"])
+        if self.use_edit:
+            metrics |= self.edit_step(t)
+        if self.cache is not None:
+            metrics["backup/cache_hit_rate"] = self.cache.hit_rate()
+        self.counters["updates"] += 1
+        metrics["updates"] = self.counters["updates"]
+        return metrics

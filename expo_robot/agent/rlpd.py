@@ -1,0 +1,107 @@
+"""RLPD: SAC with a tanh-Gaussian actor over the whole chunk, the same critic recipe and symmetric sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from expo_robot.agent.core import AgentCore, Temperature
+from expo_robot.agent.critic import EnsembleCritic, make_target, random_subset, soft_update
+from expo_robot.agent.gaussian import GaussianActor
+from expo_robot.agent.nets import grad_norm
+from expo_robot.data.replay import sample_symmetric
+
+
+class RLPDAgent(AgentCore):
+    ACTING = ("actor",)
+
+    def __init__(self, cfg: dict, spec, device="auto", seed: int = 0):
+        super().__init__(cfg, spec, device, seed)
+        ac, c, a = cfg["actor"], cfg["critic"], cfg["alpha"]
+        self.actor = GaussianActor(spec.state_dim, self.act_dim, ac["hidden"], ac["depth"]).to(self.device)
+        self.critic = EnsembleCritic(spec.state_dim, self.act_dim, c["members"], c["hidden"], c["depth"])
+        self.critic = self.critic.to(self.device)
+        self.critic_target = make_target(self.critic)
+        self.temperature = Temperature(a["init"]).to(self.device)
+        te = a.get("target_entropy")
+        self.target_entropy = -self.act_dim / 2 if te is None else float(te)
+        self.modules.update(actor=self.actor, critic=self.critic, critic_target=self.critic_target)
+        self.modules["temperature"] = self.temperature
+        self.optims.update(
+            actor=torch.optim.Adam(self.actor.parameters(), lr=ac["lr"]),
+            critic=torch.optim.Adam(self.critic.parameters(), lr=c["lr"]),
+            alpha=torch.optim.Adam(self.temperature.parameters(), lr=a["lr"]),
+        )
+
+    def pretrain(
+        self, offline_buffer, steps: int, progress: Callable[[int, dict], None] | None = None
+    ) -> dict:
+        """RLPD starts from scratch (the offline data enters through symmetric sampling); only fits the normaliser."""
+        self.ensure_normalizer(offline_buffer)
+        return {}
+
+    def _act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        return self.actor(obs, deterministic, self.gen)[0]
+
+    def critic_step(self, t: dict) -> dict[str, float]:
+        with torch.no_grad():
+            next_action, _ = self.actor(t["next_obs"], generator=self.gen)
+            c = self.cfg["critic"]
+            subset = random_subset(c["members"], c["subset"], self.cpu_gen, self.device)
+            target = t["reward"] + t["discount"] * self.critic_target.min_over(
+                t["next_obs"], next_action, subset
+            )
+        q = self.critic(t["obs"], t["action"])
+        loss = ((q - target) ** 2).mean()
+        opt = self.optims["critic"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = grad_norm(self.critic.parameters())
+        opt.step()
+        soft_update(self.critic_target, self.critic, self.cfg["critic"]["tau"])
+        return {
+            "critic/loss": float(loss.detach()),
+            "critic/grad_norm": gnorm,
+            "q/mean": float(q.detach().mean()),
+            "q/target_mean": float(target.mean()),
+        }
+
+    def actor_step(self, t: dict) -> dict[str, float]:
+        alpha = self.temperature().detach()
+        action, log_prob = self.actor(t["obs"], generator=self.gen)
+        self.critic.requires_grad_(False)
+        q = self.critic(t["obs"], action).mean(0)
+        self.critic.requires_grad_(True)
+        loss = (alpha * log_prob - q).mean()
+        opt = self.optims["actor"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = grad_norm(self.actor.parameters())
+        opt.step()
+        alpha_loss = -(self.temperature.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        self.optims["alpha"].zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.optims["alpha"].step()
+        return {
+            "actor/loss": float(loss.detach()),
+            "actor/grad_norm": gnorm,
+            "actor/entropy": float(-log_prob.detach().mean()),
+            "alpha": float(self.temperature()),
+            "alpha/loss": float(alpha_loss.detach()),
+        }
+
+    def update(self, offline_buffer, online_buffer) -> dict:
+        self.ensure_normalizer(
+            offline_buffer if offline_buffer is not None and len(offline_buffer) else online_buffer
+        )
+        metrics: dict[str, float] = {}
+        for _ in range(self.cfg["utd"]):
+            t = self.tensors(
+                sample_symmetric(offline_buffer, online_buffer, self.cfg["batch_size"], self.rng)
+            )
+            metrics = self.critic_step(t)
+        metrics |= self.actor_step(t)
+        self.counters["updates"] += 1
+        metrics["updates"] = self.counters["updates"]
+        return metrics
