@@ -102,7 +102,7 @@ def _as_wire_array(name: str, value: Any) -> np.ndarray:
         )
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(arr)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
 
 
 def encode(
@@ -187,7 +187,9 @@ def _field_array(entry: Any, buf: memoryview, budget: int) -> tuple[str, np.ndar
         raise WireError("size", f"field '{name[:40]}' declares {nbytes} bytes, over the size limit")
     if len(buf) != nbytes:
         raise WireError("buffer_size", f"field '{name[:40]}' has {len(buf)} bytes, header says {nbytes}")
-    return name, np.frombuffer(buf, dtype=dtype).reshape(shape), nbytes
+    arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    arr.flags.writeable = False  # a view on the received buffer: copy before changing it
+    return name, arr, nbytes
 
 
 def _check_schema(msg: Message, schema: Schema) -> None:

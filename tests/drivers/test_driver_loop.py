@@ -1,0 +1,206 @@
+"""The driver loop with the fake robot in-process: chunk timing, newest-wins, episodes, e-stop, watchdog, handshake."""
+
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+from driver_helpers import free_ports, make_cfg, observer, running_driver, wait_for
+
+from drivers.clock import FakeClock
+from drivers.server import Driver
+from expo_robot.config import load_config
+from expo_robot.transport import EStopLatchedError, HandshakeError, PeerTimeoutError, RobotClient
+from expo_robot.transport.sockets import Publisher, address
+from expo_robot.transport.wire import Message, encode
+
+pytestmark = pytest.mark.timeout(60)
+A = np.array([0.1, 0.0, 0.0, 1.0], np.float32)
+
+
+def chunk(n: int, action=A) -> np.ndarray:
+    return np.tile(np.asarray(action, np.float32), (n, 1))
+
+
+def test_lockstep_executes_every_due_step_in_order(tmp_path):
+    cfg = make_cfg(tmp_path)
+    with running_driver(cfg) as driver, RobotClient(cfg.runtime) as robot:
+        spec = robot.connect(10)
+        assert (spec.state_dim, spec.action_dim, spec.mode, spec.fps) == (21, 4, "lockstep", 10.0)
+        obs = robot.reset(seed=3)
+        assert obs.step == 0 and obs.fresh and not obs.action.any()
+        actions = chunk(5) * np.array([1, 1, 1, 1], np.float32)
+        actions[:, 1] = np.linspace(0, 0.2, 5)
+        robot.send_chunk(actions, t0=obs.t, chunk_id=7)
+        got = [robot.recv_obs(5.0) for _ in range(5)]
+        assert [o.step for o in got] == [1, 2, 3, 4, 5]
+        assert [o.t for o in got] == pytest.approx([obs.t + 0.1 * i for i in range(1, 6)])
+        np.testing.assert_allclose([o.action for o in got], actions, atol=1e-6)
+        assert all(o.chunk_id == 7 and o.safety["state"] == "ok" for o in got)
+        np.testing.assert_allclose(driver.robot.sent, actions, atol=1e-6)  # what the "motors" got
+        assert robot.recv_obs(0.3) is None  # chunk done: lock-step waits, nothing else executes
+
+        # steps whose slot is already over are skipped, never replayed
+        last = got[-1]
+        robot.send_chunk(chunk(6), t0=last.t - 0.3, chunk_id=8)
+        late = [robot.recv_obs(5.0) for _ in range(3)]
+        assert [o.step for o in late] == [6, 7, 8] and robot.recv_obs(0.3) is None
+        assert late[-1].counters["steps_skipped"] == 3 and len(driver.robot.sent) == 8
+
+
+def test_realtime_newest_chunk_wins(tmp_path):
+    cfg = make_cfg(tmp_path, "robot.mode=realtime", "robot.fps=20")
+    with running_driver(cfg), RobotClient(cfg.runtime) as robot:
+        robot.connect(10)
+        obs = robot.reset()
+        robot.send_chunk(chunk(100), t0=obs.t, chunk_id=1)
+        first = [robot.recv_obs(2.0) for _ in range(3)]
+        assert all(o.chunk_id == 1 for o in first)
+        robot.send_chunk(chunk(100, [-0.1, 0.0, 0.0, 1.0]), t0=first[-1].t, chunk_id=2)
+        o = wait_for(lambda: (x := robot.recv_obs(1.0)) is not None and x.chunk_id == 2 and x, 3.0, "chunk 2")
+        np.testing.assert_allclose(o.action, [-0.1, 0.0, 0.0, 1.0], atol=1e-6)
+        assert o.counters["chunks_superseded"] == 1
+        loop = o.loop
+        assert loop["mode"] == "realtime" and loop["target_ms"] == 50.0 and loop["ticks"] > 0
+        assert abs(loop["period_ms"] - 50.0) < 15.0  # measured cadence is published
+
+
+def test_episode_end_holds_until_reset(tmp_path):
+    cfg = make_cfg(tmp_path, "task.max_episode_steps=3")
+    with running_driver(cfg) as driver, RobotClient(cfg.runtime) as robot:
+        robot.connect(10)
+        obs = robot.reset(seed=1)
+        robot.send_chunk(chunk(5), t0=obs.t, chunk_id=1)
+        got = [robot.recv_obs(5.0) for _ in range(3)]
+        assert got[-1].truncated and got[-1].safety["state"] == "episode_end"
+        assert robot.recv_obs(0.3) is None and len(driver.robot.sent) == 3
+        robot.send_chunk(chunk(5), t0=got[-1].t, chunk_id=2)  # ignored: the episode is over
+        assert robot.recv_obs(0.3) is None
+        new = robot.reset(seed=2)
+        assert (new.episode, new.step, new.safety["state"]) == (obs.episode + 1, 0, "ok")
+
+
+def test_estop_latches_until_explicit_clear(tmp_path):
+    cfg = make_cfg(tmp_path)
+    with running_driver(cfg) as driver, RobotClient(cfg.runtime) as robot:
+        robot.connect(10)
+        obs = robot.reset()
+        robot.estop("operator pressed the key")
+        latest = wait_for(
+            lambda: (o := robot.latest_obs(0.1)) and o.safety["state"] == "estop" and o, 3, "e-stop"
+        )
+        assert "operator pressed the key" in latest.safety["reason"]
+        robot.send_chunk(chunk(3), t0=obs.t, chunk_id=1)
+        assert robot.recv_obs(0.5) is None and driver.robot.sent == []
+        with pytest.raises(EStopLatchedError):
+            robot.reset(timeout_s=0.5)
+        robot.clear_estop()
+        wait_for(lambda: (o := robot.latest_obs(0.1)) and o.safety["state"] == "ok", 3, "e-stop cleared")
+        obs = robot.reset()
+        robot.send_chunk(chunk(2), t0=obs.t, chunk_id=2)
+        assert robot.recv_obs(3.0).step == 1 and len(driver.robot.sent) >= 1
+        assert latest.safety["counters"]["estop"] == 1
+
+
+def test_silent_policy_means_hold_then_safe_state(tmp_path):
+    cfg = make_cfg(tmp_path, "safety.watchdog_safe_state_s=0.6")
+    with running_driver(cfg) as driver, observer(cfg) as obs_sub:
+        with RobotClient(cfg.runtime) as robot:
+            robot.connect(10)
+            robot.reset()
+        # the client is gone (no heartbeats): hold, then the safe state
+        states = []
+        deadline = time.monotonic() + 5
+        while "safe_state" not in states and time.monotonic() < deadline:
+            msg = obs_sub.recv(0.2)
+            if msg is not None and msg.type == "obs":
+                states.append(msg.meta["safety"]["state"])
+        assert "hold" in states and states[-1] == "safe_state"
+        assert states.index("hold") < states.index("safe_state")
+        assert driver.robot.safe_states == 1
+        with RobotClient(
+            cfg.runtime
+        ) as robot:  # a restarted policy is picked up; a reset leaves the safe state
+            robot.connect(10)
+            assert robot.reset().safety["state"] == "ok"
+
+
+def test_late_subscriber_gets_latest_observation_while_idle(tmp_path):
+    cfg = make_cfg(tmp_path, "runtime.heartbeat_s=0.1")
+    with running_driver(cfg), observer(cfg) as obs_sub:
+        time.sleep(0.3)  # join well after step 0 was published
+        msg = wait_for(
+            lambda: (m := obs_sub.recv(0.2)) is not None and m.type == "obs" and m, 5, "an observation"
+        )
+        assert msg.meta["step"] == 0 and msg.meta["episode"] == 0
+
+
+def test_handshake_mismatch_names_the_field(tmp_path):
+    cfg = make_cfg(tmp_path)
+    with running_driver(cfg):
+        with pytest.raises(HandshakeError, match=r"action_dim is 4 on the driver, expected 7"):
+            RobotClient(cfg.runtime, expected={"action_dim": 7}).connect(10)
+        with pytest.raises(HandshakeError, match="fps"):
+            RobotClient(cfg.runtime, expected={"fps": 30.0, "state_dim": 21}).connect(10)
+        with RobotClient(cfg.runtime, expected={"robot": "fake", "state_dim": 21, "mode": "lockstep"}) as ok:
+            assert ok.connect(10).robot == "fake"
+
+
+def test_protocol_version_mismatch_fails_at_handshake(tmp_path):
+    cfg = make_cfg(tmp_path)
+    frames = encode("spec", meta={"state_dim": 21, "action_dim": 4, "fps": 10.0, "mode": "lockstep"})
+    header = msgpack.unpackb(frames[0])
+    header["v"] = 99
+    with Publisher(address(cfg.runtime, "obs")) as fake_driver:
+        stop = threading.Event()
+
+        def spam() -> None:
+            while not stop.wait(0.02):
+                fake_driver.sock.send_multipart([msgpack.packb(header)])
+
+        t = threading.Thread(target=spam, daemon=True)
+        t.start()
+        try:
+            with pytest.raises(HandshakeError, match=r"protocol_version.*99"):
+                RobotClient(cfg.runtime).connect(5)
+        finally:
+            stop.set()
+            t.join()
+
+
+def test_missing_driver_is_a_timeout_error_not_a_hang():
+    obs, cmd = free_ports(2)
+    cfg = load_config([f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}"])
+    t = time.monotonic()
+    with pytest.raises(PeerTimeoutError, match=r"no robot driver answered at tcp://127\.0\.0\.1"):
+        RobotClient(cfg.runtime).connect(timeout_s=0.5)
+    assert time.monotonic() - t < 3.0
+
+
+def test_realtime_step_selection_with_a_fake_clock(tmp_path):
+    """Exact pacing: step k is due at t0 + k/fps; past steps are skipped; nothing runs before t0."""
+    cfg = make_cfg(tmp_path, "robot.mode=realtime")
+    clock = FakeClock(100.0)
+    driver = Driver(cfg, clock=clock)
+    driver.open()
+    try:
+        client = "c"
+        actions = np.tile(A, (10, 1))
+        actions[:, 0] = np.arange(1, 11) / 10  # step k carries x = (k + 1) / 10, so we can tell them apart
+        driver._handle(Message("heartbeat", 0, 0.0, {"client": client}, {}))
+        meta = {"t0": 100.5, "chunk_id": 1, "client": client}
+        driver._handle(Message("chunk", 1, 0.0, meta, {"actions": actions}))
+        executed = []
+        for t in (100.2, 100.5, 100.55, 100.62, 100.95, 101.41, 101.52, 102.0):
+            clock.t = t
+            driver._handle(Message("heartbeat", 0, 0.0, {"client": client}, {}))
+            driver._tick()
+            executed.append(driver.step)
+        #  t:       100.2 100.5 100.55 100.62 100.95 101.41 101.52 102.0
+        #  due k:   none  0     0(done) 1     4      9      over   over
+        assert executed == [0, 1, 1, 2, 3, 4, 4, 4]
+        np.testing.assert_allclose([a[0] for a in driver.robot.sent], [0.1, 0.2, 0.5, 1.0], atol=1e-6)
+        assert driver.counters["steps_skipped"] == 2 + 4  # k=2,3 then k=5..8
+    finally:
+        driver.close()

@@ -1,0 +1,183 @@
+"""The wire format: round trips, zero-copy, and every kind of malformed message raises WireError (nothing else)."""
+
+import msgpack
+import numpy as np
+import pytest
+
+from expo_robot.transport.protocol import chunk_schema, driver_inbox, obs_schema
+from expo_robot.transport.wire import (
+    PROTOCOL_VERSION,
+    FieldSpec,
+    Schema,
+    VersionMismatchError,
+    WireError,
+    decode,
+    encode,
+)
+
+STATE = Schema("state", {"q": FieldSpec("float32", (7,))}, {"step": int})
+
+
+def header(frames) -> dict:
+    return msgpack.unpackb(frames[0], raw=False)
+
+
+def with_header(frames, **changes) -> list:
+    h = header(frames)
+    h.update(changes)
+    return [msgpack.packb(h), *frames[1:]]
+
+
+def test_round_trip_keeps_values_dtypes_and_meta():
+    arrays = {
+        "q": np.arange(7, dtype=np.float32),
+        "img": np.zeros((4, 5, 3), np.uint8),
+        "flag": np.array(True),
+    }
+    msg = decode(encode("x", arrays, {"step": 3, "tag": "a"}, seq=9, stamp=1.5))
+    assert (msg.type, msg.seq, msg.stamp, msg.meta) == ("x", 9, 1.5, {"step": 3, "tag": "a"})
+    for k, v in arrays.items():
+        assert msg.arrays[k].dtype == v.dtype and msg.arrays[k].shape == v.shape
+        np.testing.assert_array_equal(msg.arrays[k], v)
+    assert decode(encode("state", {"q": np.ones(7, np.float32)}, {"step": 1}), STATE).meta["step"] == 1
+
+
+def test_arrays_are_sent_and_received_without_copies():
+    big = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    frames = encode("frame", {"rgb": big})
+    assert frames[1] is big  # contiguous arrays go out as they are
+    received = [frames[0], memoryview(big)]
+    arr = decode(received).arrays["rgb"]
+    assert np.shares_memory(arr, big) and not arr.flags.writeable
+
+
+def test_non_contiguous_and_big_endian_arrays_are_normalised():
+    a = np.arange(12, dtype=">f4").reshape(3, 4)[:, ::2]
+    out = decode(encode("x", {"a": a})).arrays["a"]
+    np.testing.assert_array_equal(out, a) and out.dtype == np.float32
+    with pytest.raises(TypeError, match="dtype"):
+        encode("x", {"a": np.array(["text"])})
+
+
+@pytest.mark.parametrize(
+    "frames,reason",
+    [
+        ([], "frame_count"),
+        ([b"\xc1garbage"], "header_garbage"),
+        ([msgpack.packb([1, 2, 3])], "header_keys"),
+        ([b"\x00" * 70_000], "header_size"),
+    ],
+)
+def test_garbage_is_rejected(frames, reason):
+    with pytest.raises(WireError) as e:
+        decode(frames)
+    assert e.value.reason == reason
+
+
+def test_header_fields_are_checked():
+    good = encode("state", {"q": np.ones(7, np.float32)}, {"step": 1})
+    cases = {
+        "header_type": {"type": ""},
+        "header_seq": {"seq": "1"},
+        "header_stamp": {"stamp": float("nan")},
+        "header_meta": {"meta": [1]},
+        "dtype": {"fields": [["q", "object", [7]]]},
+        "shape": {"fields": [["q", "float32", [-7]]]},
+        "buffer_size": {"fields": [["q", "float32", [8]]]},
+        "size": {"fields": [["q", "float64", [10**9, 10**9]]]},
+        "field_entry": {"fields": [["q", "float32"]]},
+    }
+    for reason, change in cases.items():
+        with pytest.raises(WireError) as e:
+            decode(with_header(good, **change))
+        assert e.value.reason == reason, change
+    with pytest.raises(WireError, match="frame_count"):
+        decode(good[:1])  # header announces one array, none follows
+
+
+def test_version_mismatch_is_its_own_error():
+    frames = with_header(encode("x"), v=PROTOCOL_VERSION + 1)
+    with pytest.raises(VersionMismatchError, match="protocol version"):
+        decode(frames)
+
+
+def test_schema_checks_type_fields_dtype_shape_finite_meta():
+    q = np.ones(7, np.float32)
+    cases = {
+        "unexpected_type": encode("other", {"q": q}, {"step": 1}),
+        "missing_field": encode("state", {}, {"step": 1}),
+        "extra_field": encode("state", {"q": q, "z": q}, {"step": 1}),
+        "dtype": encode("state", {"q": q.astype(np.float64)}, {"step": 1}),
+        "shape": encode("state", {"q": np.ones(6, np.float32)}, {"step": 1}),
+        "not_finite": encode("state", {"q": np.full(7, np.nan, np.float32)}, {"step": 1}),
+        "meta": encode("state", {"q": q}, {"step": "one"}),
+    }
+    for reason, frames in cases.items():
+        with pytest.raises(WireError) as e:
+            decode(frames, STATE)
+        assert e.value.reason == reason
+    with pytest.raises(WireError, match="meta"):
+        decode(encode("state", {"q": q}, {"step": True}), STATE)  # a bool is not a step count
+
+
+def test_chunk_length_limit_and_protocol_schemas():
+    inbox = driver_inbox(action_dim=4, max_chunk_len=8)
+    ok = encode("chunk", {"actions": np.zeros((8, 4), np.float32)}, {"t0": 0.0, "chunk_id": 1, "client": "c"})
+    assert decode(ok, inbox).arrays["actions"].shape == (8, 4)
+    long = encode(
+        "chunk", {"actions": np.zeros((9, 4), np.float32)}, {"t0": 0.0, "chunk_id": 1, "client": "c"}
+    )
+    with pytest.raises(WireError, match="size"):
+        decode(long, chunk_schema(4, 8))
+    obs = encode("obs", {"state": np.zeros(21, np.float32), "action": np.zeros(4, np.float32)}, {})
+    with pytest.raises(WireError, match="meta"):
+        decode(obs, obs_schema(21, 4))
+
+
+def mutate(frames: list, rng: np.random.Generator) -> list:
+    """One random corruption of a valid message."""
+    frames = [bytes(f) for f in frames]
+    kind = rng.integers(6)
+    i = int(rng.integers(len(frames)))
+    if kind == 0 and frames[i]:  # truncate a frame
+        frames[i] = frames[i][: int(rng.integers(len(frames[i])))]
+    elif kind == 1:  # flip random bytes
+        b = bytearray(frames[i])
+        for _ in range(int(rng.integers(1, 8))):
+            if b:
+                b[int(rng.integers(len(b)))] = int(rng.integers(256))
+        frames[i] = bytes(b)
+    elif kind == 2:  # drop or duplicate a frame
+        frames = frames[:i] + frames[i + 1 :] if rng.random() < 0.5 else [*frames, frames[i]]
+    elif kind == 3:  # random garbage frames
+        frames = [rng.bytes(int(rng.integers(0, 64))) for _ in range(int(rng.integers(0, 4)))]
+    elif kind == 4:  # NaN/Inf in the payload
+        frames[-1] = np.full(len(frames[-1]) // 4, rng.choice([np.nan, np.inf]), np.float32).tobytes()
+    else:  # header with random types
+        h = msgpack.unpackb(frames[0], raw=False)
+        key = ["type", "v", "seq", "stamp", "meta", "fields"][int(rng.integers(6))]
+        h[key] = [None, -1, 2**40, "x", {"a": 1}, [[1, 2, 3]], 1e308][int(rng.integers(7))]
+        frames[0] = msgpack.packb(h)
+    return frames
+
+
+def test_fuzz_decode_raises_only_wire_errors():
+    rng = np.random.default_rng(0)
+    inbox = driver_inbox(4, 32)
+    valid = [
+        encode("chunk", {"actions": np.zeros((5, 4), np.float32)}, {"t0": 1.0, "chunk_id": 2, "client": "c"}),
+        encode("cmd", meta={"op": "reset", "client": "c", "seed": 1}),
+        encode("heartbeat", meta={"client": "c"}),
+    ]
+    outcomes = {"ok": 0, "rejected": 0}
+    for _ in range(5_000):
+        frames = mutate(valid[int(rng.integers(len(valid)))], rng)
+        try:
+            msg = decode(frames, inbox)
+        except WireError:
+            outcomes["rejected"] += 1
+            continue
+        outcomes["ok"] += 1
+        if msg.type == "chunk":
+            assert np.isfinite(msg.arrays["actions"]).all() and msg.arrays["actions"].shape[1] == 4
+    assert outcomes["rejected"] > 3_000
