@@ -13,6 +13,7 @@ Key names the plots and reports understand are the constants below; any other ke
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -92,6 +93,7 @@ class MetricsLogger:
             self._tb = SummaryWriter(log_dir=str(self.run_dir / TB_DIR), flush_secs=max(1, int(flush_s)))
         self._thread = threading.Thread(target=self._write_loop, name="metrics-writer", daemon=True)
         self._thread.start()
+        atexit.register(self.close)  # a process that forgets close() still writes its last lines
 
     def log(self, step: int, source: str, /, **values: Any) -> None:
         if source not in SOURCES:
@@ -119,6 +121,7 @@ class MetricsLogger:
             if self._closed:
                 return
             self._closed = True
+        atexit.unregister(self.close)
         self._queue.put((_CLOSE, None))
         self._thread.join(timeout=30.0)
 

@@ -259,6 +259,7 @@ def _success_bars(ax: Axes, summaries: list[dict]) -> None:
             i, min(ci[i, 1] + 0.03, 1.02), f"{rates[i]:.0%}\n{k}/{n}", ha="center", va="bottom", fontsize=9
         )
     ax.set_xticks(x, labels)
+    ax.set_xlim(-0.8, len(summaries) - 0.2)  # keeps one bar as narrow as two
     ax.set_ylim(0, 1.18)
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
@@ -278,7 +279,7 @@ def _stop_bars(ax: Axes, summaries: list[dict]) -> None:
         ax.bar_label(bars, fontsize=8, padding=2)
     ax.set_yticks(y, reasons)
     ax.invert_yaxis()
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
 
 
 def _hist_by_policy(
