@@ -1,7 +1,6 @@
 """MetricsLogger: JSONL round trip, TensorBoard event files with the scalars, threads, periodic flush, errors."""
 
 import json
-import math
 import threading
 import time
 
@@ -130,11 +129,25 @@ def test_read_skips_a_torn_last_line_but_not_a_broken_middle(tmp_path):
 
 
 def test_log_is_cheap_enough_for_a_control_loop(tmp_path):
+    """log() only queues: TensorBoard and file writes happen on the writer thread (~300 us per call if inline)."""
+    batches = []
     with MetricsLogger(tmp_path) as log:
-        start = time.perf_counter()
-        for i in range(1000):
-            log.log(i, "actor", **{"policy/latency_ms": 1.5, "loop/period_ms": 20.0})
-        per_call_us = (time.perf_counter() - start) / 1000 * 1e6
-    assert per_call_us < 200, f"log() took {per_call_us:.0f} us per call"
+        for batch in range(5):  # best of 5 batches: robust to other processes sharing the CPU
+            start = time.perf_counter()
+            for i in range(200):
+                log.log(batch * 200 + i, "actor", **{"policy/latency_ms": 1.5, "loop/period_ms": 20.0})
+            batches.append((time.perf_counter() - start) / 200 * 1e6)
+    assert min(batches) < 100, f"log() took {min(batches):.0f} us per call"
     assert len(read_metrics(tmp_path)) == 1000
-    assert not math.isnan(per_call_us)
+
+
+def test_two_processes_tensorboard_files_side_by_side(tmp_path):
+    """Actor and learner each write their own event file in run_dir/tb; TensorBoard reads both."""
+    with MetricsLogger(tmp_path) as actor, MetricsLogger(tmp_path) as learner:
+        actor.log(10, "actor", **{"episode/return": 1.0})
+        learner.log(10, "learner", **{"critic/loss": 0.5})
+    files = sorted((tmp_path / TB_DIR).glob("events.out.tfevents.*"))
+    assert len(files) == 2
+    events = EventAccumulator(str(tmp_path / TB_DIR))
+    events.Reload()
+    assert {"actor/episode/return", "learner/critic/loss"} <= set(events.Tags()["scalars"])
