@@ -109,14 +109,57 @@ def _finetune_numbers(run_dir: Path, summary: Mapping) -> tuple[dict, list[dict]
     return {**computed, **summary}, records
 
 
+def _success_section(s: dict) -> list[str]:
+    before, after = s.get("success_before"), s.get("success_after")
+    lines = ["## Success", ""]
+    lines += _table(["", "successes", "rate", "95% Wilson interval"],
+                    [_rate_row("before (BC start)", before), _rate_row("after", after)])  # fmt: skip
+    lines += [f"Basis: {s.get('success_basis', 'as given by the launcher')}.", ""]
+    if before and after and before.get("n") and after.get("n"):
+        s["comparison"] = compare_rates(before["successes"], before["n"], after["successes"], after["n"])
+        lines += _comparison_lines(s["comparison"], "before", "after")
+    return lines
+
+
+def _session_section(s: Mapping) -> list[str]:
+    rows = [
+        ["env steps", s.get("env_steps", "n/a")],
+        [
+            "episodes",
+            f"{s.get('episodes', 'n/a')} ({_pct(s.get('training_successes', {}).get('rate'))} successful)",
+        ],
+        ["learner updates", f"{s.get('learner_updates', 'n/a')} ({_num(s.get('updates_per_s'), '.1f')} /s)"],
+        ["replay buffer", f"{s.get('buffer_size', 'n/a')} transitions"],
+        ["operator interventions", f"{_pct(s.get('intervention_rate'))} of steps"],
+    ]
+    timing = _loop_rows(s.get("loop")) + _latency_rows(s.get("policy_latency"))
+    events = s.get("safety_events") or {}
+    safety = _table(["reason", "count"], sorted(events.items())) if events else ["None recorded.", ""]
+    return ["## Session", "", *_table(["", ""], rows), "## Timing", "", *_table(["", ""], timing),
+            "## Safety events", "", *safety]  # fmt: skip
+
+
+def _files_section(s: Mapping, run_dir: Path, plot: Path | None) -> list[str]:
+    ckpts = s.get("checkpoints")
+    ckpts = [ckpts] if isinstance(ckpts, str | Path) else list(ckpts or [])
+    return [
+        "## Files",
+        "",
+        f"- plot: `{plot.name}`" if plot else "- plot: no metrics were logged, so no plot",
+        f"- metrics: `{METRICS_FILE}` (JSON lines), TensorBoard: `tensorboard --logdir {run_dir / TB_DIR}`",
+        f"- checkpoints: {', '.join(f'`{c}`' for c in ckpts)}" if ckpts else "- checkpoints: none written",
+        "- resolved config: `config.yaml`",
+        "",
+    ]
+
+
 def write_finetune_report(run_dir: str | Path, summary: Mapping) -> Path:
     """run_dir/report.md (+ report.json, finetune.png): what ran, how long, success before/after, timing, safety."""
     run_dir = Path(run_dir)
     s, records = _finetune_numbers(run_dir, summary)
-    before, after = s.get("success_before"), s.get("success_after")
+    before, period = s.get("success_before"), s.get("target_period_s")
     plot = None
     if records:
-        period = s.get("target_period_s")
         plot = plots.plot_finetune(
             records,
             run_dir / FINETUNE_PLOT,
@@ -128,44 +171,12 @@ def write_finetune_report(run_dir: str | Path, summary: Mapping) -> Path:
     lines += [f"- command: `{s['command']}`" if s.get("command") else "- command: not recorded"]
     lines += [f"- robot: {s.get('robot', 'n/a')}; started {s.get('started_at', 'n/a')}; "
               f"duration {_num(s.get('duration_s'), '.0f')} s; stopped by: {s.get('stopped_by', 'n/a')}", ""]  # fmt: skip
-    lines += ["## Success", ""]
-    lines += _table(["", "successes", "rate", "95% Wilson interval"],
-                    [_rate_row("before (BC start)", before), _rate_row("after", after)])  # fmt: skip
-    lines += [f"Basis: {s.get('success_basis', 'as given by the launcher')}.", ""]
-    if before and after and before.get("n") and after.get("n"):
-        cmp = compare_rates(before["successes"], before["n"], after["successes"], after["n"])
-        s["comparison"] = cmp
-        lines += _comparison_lines(cmp, "before", "after")
-    lines += ["## Session", ""]
-    lines += _table(["", ""], [
-        ["env steps", s.get("env_steps", "n/a")],
-        ["episodes", f"{s.get('episodes', 'n/a')} ({_pct(s.get('training_successes', {}).get('rate'))} successful)"],
-        ["learner updates", f"{s.get('learner_updates', 'n/a')} ({_num(s.get('updates_per_s'), '.1f')} /s)"],
-        ["replay buffer", f"{s.get('buffer_size', 'n/a')} transitions"],
-        ["operator interventions", f"{_pct(s.get('intervention_rate'))} of steps"],
-    ])  # fmt: skip
-    lines += [
-        "## Timing",
-        "",
-        *_table(["", ""], _loop_rows(s.get("loop")) + _latency_rows(s.get("policy_latency"))),
-    ]
-    events = s.get("safety_events") or {}
-    lines += ["## Safety events", ""]
-    lines += _table(["reason", "count"], sorted(events.items())) if events else ["None recorded.", ""]
+    lines += _success_section(s) + _session_section(s)
     if s.get("config"):
         lines += ["## Configuration highlights", "", *_table(["key", "value"], sorted(s["config"].items()))]
-    lines += ["## Files", ""]
-    ckpts = s.get("checkpoints")
-    ckpts = [ckpts] if isinstance(ckpts, str | Path) else list(ckpts or [])
-    lines += [f"- plot: `{plot.name}`" if plot else "- plot: no metrics were logged, so no plot"]
-    lines += [
-        f"- metrics: `{METRICS_FILE}` (JSON lines), TensorBoard: `tensorboard --logdir {run_dir / TB_DIR}`"
-    ]
-    lines += [
-        f"- checkpoints: {', '.join(f'`{c}`' for c in ckpts)}" if ckpts else "- checkpoints: none written"
-    ]
-    lines += ["- resolved config: `config.yaml`", ""]
-    lines += [f"- {n}" for n in s.get("notes", [])]
+    lines += _files_section(s, run_dir, plot)
+    if s.get("notes"):
+        lines += ["## Notes", "", *(f"- {n}" for n in s["notes"])]
     return _write(run_dir, FINETUNE_REPORT, lines, s)
 
 
