@@ -165,7 +165,9 @@ def write_finetune_report(run_dir: str | Path, summary: Mapping) -> Path:
             run_dir / FINETUNE_PLOT,
             bc_success_rate=before["rate"] if before and before.get("n") else None,
             target_period_ms=period * 1e3 if period else None,
-            title=f"Fine-tune: {s.get('task', '')} ({s.get('agent', '')})",
+            title=" ".join(
+                ["Fine-tune session:", str(s.get("task", "")), f"({s['agent']})" if "agent" in s else ""]
+            ),
         )
     lines = [f"# Fine-tune report: {s.get('task', 'task?')} with {s.get('agent', 'agent?')}", ""]
     lines += [f"- command: `{s['command']}`" if s.get("command") else "- command: not recorded"]
