@@ -138,7 +138,9 @@ class Driver:
 
     def spin_once(self) -> None:
         if self.mode == "realtime":
-            self._pump(self.deadline.remaining())
+            # wait for the next tick in short slices, so the watchdog reacts between ticks too
+            self._pump(min(self.deadline.remaining(), self.monitor.hold_after_s / 4))
+            self._watch()
             if self.deadline.remaining() > 0:
                 return
             self.deadline.advance()
@@ -162,17 +164,22 @@ class Driver:
                     self._handle(msg)
                 return
 
-    def _tick(self) -> None:
-        wall = self.clock.now()
-        changed = self.monitor.watchdog(wall, max(self.alive.values(), default=None))
+    def _watch(self) -> str | None:
+        """Run the watchdog on the wall clock; a change is acted on and published at once."""
+        changed = self.monitor.watchdog(self.clock.now(), max(self.alive.values(), default=None))
         if changed is not None:
             self._on_state_change(changed)
+            self._publish(fresh=False)
+        return changed
+
+    def _tick(self) -> None:
+        self._watch()
         executed = False
         if self.monitor.state == "ok":
             executed = self._execute_due()
         elif self.mode == "realtime":
             self.robot.hold()
-        if not executed and (changed is not None or wall - self.last_pub >= self.heartbeat_s):
+        if not executed and self.clock.now() - self.last_pub >= self.heartbeat_s:
             self._publish(fresh=False)
             self.pub.send("spec", meta=self.spec.to_meta())
 
