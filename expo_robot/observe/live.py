@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import sys
 import threading
 import time
@@ -68,25 +69,26 @@ class LiveConfigError(ValueError):
     """`live` has a value that is not auto/on/off."""
 
 
-def use_panel(enabled: str | bool, console: Console) -> bool:
-    """Resolve the `live` setting against the console: True means draw in place, False means plain log lines."""
-    value = (
-        {True: "on", False: "off"}.get(enabled, enabled)
-        if isinstance(enabled, bool)
-        else str(enabled).lower()
-    )
-    if value not in ("auto", "on", "off", "true", "false"):
+def _mode(enabled: str | bool) -> str:
+    value = ("on" if enabled else "off") if isinstance(enabled, bool) else str(enabled).lower()
+    value = {"true": "on", "false": "off"}.get(value, value)
+    if value not in ("auto", "on", "off"):
         raise LiveConfigError(f"live must be auto, on or off (got '{enabled}')")
-    if value in ("on", "true"):
-        return True
-    if value in ("off", "false"):
-        return False
-    return console.is_terminal and not console.is_dumb_terminal
+    return value
 
 
-def _console(enabled: str | bool, stream: IO[str] | None) -> Console:
-    force = True if str(enabled).lower() in ("on", "true") else None
-    return Console(file=stream or sys.stderr, force_terminal=force)
+def use_panel(enabled: str | bool, stream: IO[str]) -> bool:
+    """True: draw in place; False: plain log lines. "auto" asks the stream itself whether it is an interactive
+    terminal (not rich, which also says yes when FORCE_COLOR is set, as some CI systems do)."""
+    mode = _mode(enabled)
+    if mode != "auto":
+        return mode == "on"
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and os.environ.get("TERM", "") not in ("dumb", "unknown")
+
+
+def _console(enabled: str | bool, stream: IO[str]) -> Console:
+    return Console(file=stream, force_terminal=True if _mode(enabled) == "on" else None)
 
 
 def format_field(name: str, value: Any) -> tuple[str, str]:
@@ -133,8 +135,9 @@ class LiveStatus:
     ):
         self.title = title
         self.every_s = every_s
+        stream = stream or sys.stderr
+        self.panel = use_panel(enabled, stream)
         self._console = _console(enabled, stream)
-        self.panel = use_panel(enabled, self._console)
         self._clock = clock
         self._fields: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -213,8 +216,9 @@ class ProgressBar:
         self.total, self.description, self.every_s = total, description, every_s
         self.done = 0
         self._clock = clock
+        stream = stream or sys.stderr
+        self.panel = use_panel(enabled, stream)
         self._console = _console(enabled, stream)
-        self.panel = use_panel(enabled, self._console)
         self._postfix: dict[str, Any] = {}
         self._progress: Progress | None = None
         self._logs: contextlib.ExitStack | None = None

@@ -2,12 +2,12 @@
 
 import io
 import logging
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
-from rich.console import Console
 
 from expo_robot.observe.live import (
     LiveConfigError,
@@ -73,9 +73,13 @@ def test_off_on_a_terminal_still_logs_plain_lines(caplog, monkeypatch, off):
 
 def test_auto_on_a_terminal_and_on_anywhere_draw_the_panel(monkeypatch, caplog):
     monkeypatch.setenv("TERM", "xterm-256color")
-    assert use_panel("auto", Console(file=FakeTTY()))
-    assert not use_panel("auto", Console(file=io.StringIO()))
-    assert use_panel(True, Console(file=io.StringIO()))
+    monkeypatch.setenv("FORCE_COLOR", "1")  # some CI systems set it; it must not turn a pipe into a panel
+    assert use_panel("auto", FakeTTY())
+    assert not use_panel("auto", io.StringIO())
+    assert use_panel(True, io.StringIO()) and use_panel("on", io.StringIO())
+    monkeypatch.setenv("TERM", "dumb")
+    assert not use_panel("auto", FakeTTY())
+    monkeypatch.setenv("TERM", "xterm-256color")
     caplog.set_level(logging.DEBUG)
     stream = io.StringIO()
     with LiveStatus("on", title="eval", stream=stream, every_s=0.0) as status:
@@ -140,7 +144,8 @@ def test_piped_output_has_no_terminal_codes():
             for _ in range(4):
                 bar.advance()
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    env = {**os.environ, "FORCE_COLOR": "1", "TERM": "xterm-256color"}  # as some CI runners set them
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     assert "\x1b" not in out.stderr and "\r" not in out.stderr and out.stdout == ""
     lines = out.stderr.splitlines()
