@@ -30,6 +30,7 @@ class FakeRobot(Robot):
         self.gripper = 0.0
         self.steps = 0
         self.sent: list[np.ndarray] = []  # every executed action, in order
+        self.events: list[str] = []  # "send" / "hold" / "safe_state" / "reset", in order
         self.positions: list[np.ndarray] = []  # ee position after every executed action
         self.holds = 0
         self.safe_states = 0
@@ -52,6 +53,7 @@ class FakeRobot(Robot):
         self.pos = self.start + rng.uniform(-0.02, 0.02, size=3)
         self.gripper, self.steps = 0.0, 0
         self.resets += 1
+        self.events.append("reset")
         return self._state()
 
     def _observe(self) -> np.ndarray:
@@ -63,6 +65,7 @@ class FakeRobot(Robot):
 
             time.sleep(self.step_delay_s)
         self.sent.append(action.copy())
+        self.events.append("send")
         self.pos = self.pos + action[:3].astype(np.float64) * (self.ee_step_m or 0.0)
         self.positions.append(self.pos.copy())
         if self.action_dim > 3:
@@ -72,9 +75,11 @@ class FakeRobot(Robot):
 
     def _hold(self) -> None:
         self.holds += 1
+        self.events.append("hold")
 
     def _safe_state(self) -> None:
         self.safe_states += 1
+        self.events.append("safe_state")
 
     def ee_position(self) -> np.ndarray | None:
         return self.pos.copy()

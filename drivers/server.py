@@ -74,6 +74,7 @@ class Driver:
         self.last_result: dict = {}
         self.pub: Publisher | None = None
         self.inbox: Puller | None = None
+        self.ready = threading.Event()  # set once the sockets are bound and step 0 is published
 
     # ---- lifecycle ----
     def open(self) -> None:
@@ -105,6 +106,7 @@ class Driver:
         self.loop = LoopStats(1.0 / self.fps)
         self.deadline = Deadline(1.0 / self.fps, self.clock)
         self._reset_episode(self.cfg.get("seed"))
+        self.ready.set()
         log.info(
             "driver %s ready: %s %s at %.1f Hz, obs %s, cmd %s",
             self.driver_id, r.name, self.mode, self.fps, self.pub.addr, self.inbox.addr,
@@ -135,6 +137,11 @@ class Driver:
     def now(self) -> float:
         """The driver clock: virtual in lock-step, monotonic in real time."""
         return self.vticks / self.fps if self.mode == "lockstep" else self.clock.now()
+
+    def state_time(self) -> float:
+        """When the published state was produced: the tick of the last step. One rule for both modes: a policy
+        answering an observation stamps its chunk t0 = obs.t + 1/fps, the next tick."""
+        return (self.vticks - 1) / self.fps if self.mode == "lockstep" else self.clock.now()
 
     def spin_once(self) -> None:
         if self.mode == "realtime":
@@ -197,7 +204,8 @@ class Driver:
 
     # ---- chunks ----
     def _due_index(self, c: Chunk) -> int | None:
-        k = math.floor((self.now() - c.t0) * self.fps + 1e-6)
+        # Rounded, not floored: a tick that fires a little early or late still runs the step meant for it.
+        k = math.floor((self.now() - c.t0) * self.fps + 0.5)
         return k if c.next_k <= k else None
 
     def _execute_due(self) -> bool:
@@ -273,7 +281,10 @@ class Driver:
         op = msg.meta["op"]
         if op not in OPS:
             self.counters["bad_op"] += 1
-            log.warning("driver: unknown command op %r dropped (valid: %s)", op[:40], ", ".join(OPS))
+            if (
+                self.counters["bad_op"] & (self.counters["bad_op"] - 1) == 0
+            ):  # 1st, 2nd, 4th, ...: no log floods
+                log.warning("driver: unknown command op %r dropped (valid: %s)", op[:40], ", ".join(OPS))
             return
         self.counters[f"cmd.{op}"] += 1
         if op == "hello":
@@ -326,7 +337,7 @@ class Driver:
         safety = self.monitor.snapshot()
         safety["reasons"] = list(getattr(self, "last_reasons", []))
         meta = {
-            "t": self.now(),
+            "t": self.state_time(),
             "episode": self.episode,
             "step": self.step,
             "fresh": fresh,
