@@ -67,6 +67,8 @@ AGENTS = {
 def agent_params(agent_cfg: DictConfig | dict, profile: str | None = None) -> dict:
     """Plain dict of the agent's settings with the chosen profile merged over the top-level fields."""
     cfg = agent_cfg if isinstance(agent_cfg, DictConfig) else OmegaConf.create(agent_cfg)
+    if "profiles" not in cfg:  # already resolved (the output of this function)
+        return OmegaConf.to_container(cfg, resolve=True)
     if profile is None:
         try:
             profile = cfg.get("profile") or "cpu"

@@ -65,3 +65,22 @@ def chunk_transitions(
         out["steps"][i] = h
         out["intervention"][i] = flags[t : t + h].any()
     return out
+
+
+def episode_chunks(
+    episode, chunk: int, gamma: float, stride: int | None = None
+) -> dict[str, np.ndarray] | None:
+    """Chunk transitions of a recorded episode (expo_robot.data.dataset_io.Episode: states[T] without the final state).
+
+    A terminated episode needs no state after its last action (no bootstrap), so the last state stands in for it;
+    a truncated one drops its last action, whose next state was not recorded. None if nothing is left.
+    """
+    states, actions, rewards = episode.states, episode.actions, episode.rewards
+    if episode.terminated:
+        states = np.concatenate([states, states[-1:]])
+    else:
+        actions, rewards = actions[:-1], rewards[:-1]
+    if len(actions) == 0:
+        return None
+    flags = np.asarray(episode.intervention, bool)[: len(actions)]
+    return chunk_transitions(states, actions, rewards, episode.terminated, chunk, gamma, stride, flags)

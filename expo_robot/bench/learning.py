@@ -1,0 +1,359 @@
+"""`expo-robot bench learning [quick|full]`: EXPO against its baselines on the same seed data, simulator and budget.
+
+In-process (SimTask, no sockets). Per algorithm and seed: load the scripted-operator seed dataset, pretrain (imitation
+for the base; RLPD only fits its normaliser), then learn online for `env_steps` simulator steps with one `update()`
+per executed chunk, evaluating success every `eval_every` steps (fixed evaluation seeds, shared by all algorithms)
+and on `final_episodes` episodes at the end. Budgets can be overridden: `+bench.env_steps=2000 +bench.seeds=[0,1]`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from drivers.sim_env import make_sim_task
+from expo_robot.agent import AgentSpec, agent_params, make_agent
+from expo_robot.agent.proposal_cache import ProposalCache
+from expo_robot.config import load_config, setup_logging
+from expo_robot.data.chunking import chunk_transitions, episode_chunks
+from expo_robot.data.replay import ReplayBuffer, sample_symmetric
+
+log = logging.getLogger(__name__)
+
+PROFILES = {
+    # 1 seed, the headline comparison: fits ~20 minutes on the 2-core CPU.
+    "quick": {
+        "algorithms": ["expo", "rlpd", "bc"], "seeds": [0], "env_steps": 4000, "eval_every": 1000,
+        "eval_episodes": 10, "final_episodes": 50, "pretrain_steps": 3000, "seed_episodes": 50,
+    },
+    # 3 seeds, plus the two paper ablations and EXPO with the exact (non-amortised) backup.
+    "full": {
+        "algorithms": ["expo", "rlpd", "bc", "best_of_n", "expo_no_otf_backup", "expo_exact_backup"],
+        "seeds": [0, 1, 2], "env_steps": 4000, "eval_every": 1000, "eval_episodes": 10, "final_episodes": 50,
+        "pretrain_steps": 3000, "seed_episodes": 50,
+    },
+    # seconds, for tests of this module
+    "smoke": {
+        "algorithms": ["expo", "rlpd", "bc"], "seeds": [0], "env_steps": 24, "eval_every": 12,
+        "eval_episodes": 1, "final_episodes": 2, "pretrain_steps": 5, "seed_episodes": 2, "max_episode_steps": 12,
+    },
+}  # fmt: skip
+# Benchmark-only variants: an agent config with overrides merged into its active profile.
+VARIANTS = {"expo_exact_backup": ("expo", {"select": {"n_backup": 8, "proposal_steps": None}})}
+EVAL_SEED = 1_000_000  # evaluation episodes use seeds EVAL_SEED + i: the same cubes for every algorithm
+
+
+class BenchConfigError(ValueError):
+    """Unknown benchmark profile or algorithm."""
+
+
+def bench_settings(cfg: DictConfig, words: list[str]) -> dict:
+    name = words[0] if words else "quick"
+    if name not in PROFILES:
+        raise BenchConfigError(
+            f"unknown learning benchmark profile '{name}'; choose one of {', '.join(PROFILES)}"
+        )
+    settings = dict(PROFILES[name], profile=name)
+    settings |= OmegaConf.to_container(cfg.get("bench") or OmegaConf.create({}), resolve=True)
+    return settings
+
+
+def agent_config(name: str, profile: str) -> dict:
+    base_name, overrides = VARIANTS.get(name, (name, {}))
+    agent_cfg = load_config([f"agent={base_name}", f"profile={profile}"]).agent
+    params = agent_params(agent_cfg, profile)
+    return OmegaConf.to_container(OmegaConf.merge(params, overrides), resolve=True)
+
+
+def load_offline(cfg: DictConfig, settings: dict, chunk: int, gamma: float, state_dim: int, action_dim: int):
+    """Seed episodes (scripted noisy operator, cached LeRobotDataset) as chunk transitions, every start (stride 1)."""
+    from expo_robot.data.dataset_io import load_episodes
+    from expo_robot.data.seed import ensure_seed_dataset
+
+    root = settings.get("seed_root", "data/seed")
+    path = ensure_seed_dataset(cfg.robot, cfg.task, settings["seed_episodes"], None, seed=0, root=root)
+    episodes = load_episodes(path)
+    parts = [p for p in (episode_chunks(e, chunk, gamma, stride=1) for e in episodes) if p is not None]
+    batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    buf = ReplayBuffer(len(batch["obs"]), state_dim, chunk, action_dim)
+    buf.add_batch(batch)
+    info = {
+        "path": str(path),
+        "episodes": len(episodes),
+        "success_rate": float(np.mean([e.success for e in episodes])),
+    }
+    return buf, info
+
+
+def evaluate(agent, task, episodes: int, max_steps: int) -> float:
+    successes = 0
+    for i in range(episodes):
+        state, t, success, done = task.reset(EVAL_SEED + i), 0, False, False
+        while not done:
+            for action in agent.act(state, "eval"):
+                r = task.step(action)
+                state, t, success = r.state, t + 1, r.success
+                done = r.terminated or r.truncated or t >= max_steps
+                if done:
+                    break
+        successes += int(success)
+    return successes / max(episodes, 1)
+
+
+class OnlineRun:
+    """Acting, storing chunk transitions and learning for one (algorithm, seed), with its own timers."""
+
+    def __init__(self, agent, params: dict, task, offline: ReplayBuffer, online: ReplayBuffer, learn: bool):
+        self.agent, self.params, self.task = agent, params, task
+        self.offline, self.online, self.learn = offline, online, learn
+        self.env_steps = 0
+        self.timers = {"env": 0.0, "act": 0.0, "update": 0.0}
+        self.updates = 0
+        self.episodes = 0
+        self.last_metrics: dict = {}
+
+    def episode(self, seed: int, max_steps: int, stop_at: int) -> None:
+        """One training episode (cut at `stop_at` env steps); one update per executed chunk."""
+        state, t, done = self.task.reset(seed), 0, False
+        while not done and self.env_steps < stop_at:
+            t0 = time.perf_counter()
+            chunk = self.agent.act(state, "explore")
+            self.timers["act"] += time.perf_counter() - t0
+            states, actions, rewards, terminated = [state], [], [], False
+            t0 = time.perf_counter()
+            for action in chunk:
+                r = self.task.step(action)
+                t, self.env_steps = t + 1, self.env_steps + 1
+                states.append(r.state)
+                actions.append(action)
+                rewards.append(r.reward)
+                terminated = r.terminated
+                done = r.terminated or r.truncated or t >= max_steps
+                if done or self.env_steps >= stop_at:
+                    break
+            self.timers["env"] += time.perf_counter() - t0
+            state = states[-1]
+            self.online.add_batch(
+                chunk_transitions(
+                    np.stack(states), np.stack(actions), np.asarray(rewards), terminated,
+                    self.agent.spec.chunk, self.params["gamma"],
+                )
+            )  # fmt: skip
+            if self.learn:
+                t0 = time.perf_counter()
+                self.last_metrics = self.agent.update(self.offline, self.online)
+                self.timers["update"] += time.perf_counter() - t0
+                self.updates += 1
+        self.episodes += 1
+
+
+def backup_costs(agent, params: dict, spec, device, offline, online, reps: int = 8) -> dict:
+    """Time one critic step with the exact OTF backup and with each amortisation, on copies of the trained agent."""
+    base_steps = params["base"]["steps"]
+    n_act = params["select"]["n_act"]
+    options = {
+        "exact": {"n_backup": n_act, "proposal_steps": None, "proposal_cache_age": 0},
+        "fewer_proposal_steps": {"n_backup": n_act, "proposal_cache_age": 0},
+        "fewer_backup_candidates": {"proposal_steps": None, "proposal_cache_age": 0},
+        "profile_default": {},
+        "profile_default+proposal_cache": {"proposal_cache_age": 20},
+    }
+    out = {}
+    state = agent.state_dict()
+    for name, over in options.items():
+        probe_params = copy.deepcopy(params)
+        probe_params["select"] |= over
+        probe = type(agent)(probe_params, spec, device, 0)
+        probe.load_state_dict(state)
+        s = probe.cfg["select"]
+        if s.get("proposal_cache_age", 0) > 0:
+            probe.cache = ProposalCache(s["proposal_cache_age"], s["n_backup"], probe.act_dim, probe.device)
+        probe._capacities = {0: offline.capacity, 1: online.capacity}
+        times = []
+        for i in range(reps + 20 * bool(probe.cache)):  # the cache needs steps to warm up
+            batch = sample_symmetric(offline, online, params["batch_size"], probe.rng)
+            t0 = time.perf_counter()
+            probe.critic_step(probe.tensors(batch), batch)
+            probe.counters["updates"] += 1
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+        out[name] = {
+            "n_backup": s["n_backup"],
+            "proposal_steps": s.get("proposal_steps") or base_steps,
+            "proposal_cache_age": s.get("proposal_cache_age", 0),
+            "critic_step_ms": round(1e3 * float(np.mean(times)), 2),
+        }
+        if probe.cache is not None:
+            out[name]["cache_hit_rate"] = round(probe.cache.hit_rate(), 3)
+    exact = out["exact"]["critic_step_ms"]
+    for v in out.values():
+        v["cost_ratio_vs_exact"] = round(v["critic_step_ms"] / exact, 3)
+    return out
+
+
+def run_one(cfg, settings, name: str, seed: int, offline, spec, pretrained: dict) -> dict:
+    params = agent_config(name, cfg.profile)
+    torch.manual_seed(seed)
+    agent = make_agent(params, spec, device=cfg.device, seed=seed, profile=params["profile"])
+    learn = name != "bc"
+    t0 = time.perf_counter()
+    key = json.dumps({k: params.get(k) for k in ("base", "pretrain")}, sort_keys=True) + f"/{seed}"
+    if hasattr(agent, "base") and key in pretrained:  # same base config and seed: reuse the imitation run
+        for k, sd in pretrained[key].items():
+            agent.modules[k].load_state_dict(sd)
+    else:
+        agent.pretrain(offline, settings["pretrain_steps"])
+        if hasattr(agent, "base"):
+            pretrained[key] = {
+                k: copy.deepcopy(agent.modules[k].state_dict()) for k in ("norm", "base", "base_ema")
+            }
+    pretrain_s = time.perf_counter() - t0
+    max_steps = int(settings.get("max_episode_steps") or cfg.task.max_episode_steps)
+    train_task = make_sim_task(cfg.robot, OmegaConf.merge(cfg.task, {"max_episode_steps": max_steps}))
+    eval_task = make_sim_task(cfg.robot, OmegaConf.merge(cfg.task, {"max_episode_steps": max_steps}))
+    online = ReplayBuffer(settings["env_steps"] + 16, spec.state_dim, spec.chunk, spec.action_dim)
+    run = OnlineRun(agent, params, train_task, offline, online, learn)
+    curve = []
+    try:
+        t_start = time.perf_counter()
+        eval_s = 0.0
+        for target in range(0, settings["env_steps"] + 1, settings["eval_every"]):
+            while run.env_steps < target:
+                run.episode(seed * 100_000 + run.episodes, max_steps, target)
+            if learn or target in (0, settings["env_steps"]):  # BC does not change online: evaluate the ends
+                is_final = target == settings["env_steps"]
+                te = time.perf_counter()
+                n_eval = settings["final_episodes"] if is_final else settings["eval_episodes"]
+                success = evaluate(agent, eval_task, n_eval, max_steps)
+                eval_s += time.perf_counter() - te
+                curve.append([run.env_steps, success])
+                log.info("%s seed %d: %d env steps, success %.2f (%d episodes)", name, seed, run.env_steps,
+                         success, n_eval)  # fmt: skip
+        online_s = time.perf_counter() - t_start - eval_s
+        costs = None
+        if name == "expo":
+            costs = backup_costs(agent, params, spec, cfg.device, offline, online)
+    finally:
+        train_task.close()
+        eval_task.close()
+    timers = run.timers
+    return {
+        "curve": curve,
+        "final_success": curve[-1][1],
+        "final_episodes": settings["final_episodes"],
+        "steps_to_0.8": next((s for s, v in curve if v >= 0.8), None),
+        "speed": {
+            "learner_updates_per_s": round(run.updates / timers["update"], 2) if run.updates else None,
+            "env_steps_per_s": round(run.env_steps / max(online_s, 1e-9), 1),
+            "sim_steps_per_s": round(run.env_steps / max(timers["env"], 1e-9), 1),
+            "act_ms": round(1e3 * timers["act"] / max(1, run.env_steps / spec.chunk), 2),
+            "pretrain_s": round(pretrain_s, 1),
+            "online_s": round(online_s, 1),
+            "eval_s": round(eval_s, 1),
+        },
+        "updates": run.updates,
+        "last_metrics": {k: round(float(v), 4) for k, v in run.last_metrics.items()},
+        "backup_costs": costs,
+    }
+
+
+def summarize(results: dict) -> dict:
+    summary = {}
+    for name, per_seed in results.items():
+        finals = [r["final_success"] for r in per_seed.values()]
+        reached = [r["steps_to_0.8"] for r in per_seed.values()]
+        speeds = [r["speed"] for r in per_seed.values()]
+        summary[name] = {
+            "final_success": float(np.median(finals)),
+            # median over seeds, counting "never" as infinitely late; null if most seeds never got there
+            "steps_to_0.8": (
+                float(np.median([np.inf if s is None else s for s in reached]))
+                if sum(s is not None for s in reached) * 2 > len(reached)
+                else None
+            ),
+            "learner_updates_per_s": speeds[0]["learner_updates_per_s"],
+            "env_steps_per_s": float(np.median([s["env_steps_per_s"] for s in speeds])),
+        }
+    return summary
+
+
+def plot(results: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, per_seed in results.items():
+        curves = [np.asarray(r["curve"], float) for r in per_seed.values()]
+        n = min(len(c) for c in curves)
+        x = curves[0][:n, 0]
+        ys = np.stack([c[:n, 1] for c in curves])
+        (line,) = ax.plot(x, np.median(ys, 0), marker="o", label=f"{name} ({len(curves)} seed(s))")
+        ax.fill_between(x, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
+    ax.axhline(0.8, color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="online env steps", ylabel="success rate", ylim=(-0.02, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(cfg: DictConfig, words: list[str], results_dir: Path = Path("benchmarks/results")) -> dict:
+    settings = bench_settings(cfg, words)
+    torch.set_num_threads(int(settings.get("threads", 1)))  # the machine is shared
+    if not logging.getLogger().handlers:
+        setup_logging(None, cfg.get("log_level", "INFO"))
+    unknown = [
+        a
+        for a in settings["algorithms"]
+        if a not in VARIANTS and a not in ("expo", "rlpd", "bc", "best_of_n", "expo_no_otf_backup")
+    ]
+    if unknown:
+        raise BenchConfigError(f"unknown algorithms {unknown}")
+    first = agent_config(settings["algorithms"][0], cfg.profile)
+    probe = make_sim_task(cfg.robot, cfg.task)
+    spec = AgentSpec(probe.state_dim, probe.action_dim, probe.action_low, probe.action_high, first["chunk"])
+    probe.close()
+    t0 = time.perf_counter()
+    offline, seed_info = load_offline(
+        cfg, settings, spec.chunk, first["gamma"], spec.state_dim, spec.action_dim
+    )
+    seed_info["seconds"] = round(time.perf_counter() - t0, 1)
+    results: dict[str, dict] = {}
+    pretrained: dict = {}
+    for name in settings["algorithms"]:
+        for seed in settings["seeds"]:
+            log.info("learning benchmark: %s seed %d", name, seed)
+            results.setdefault(name, {})[str(seed)] = run_one(
+                cfg, settings, name, seed, offline, spec, pretrained
+            )
+    summary = summarize(results)
+    expo_costs = [r["backup_costs"] for r in results.get("expo", {}).values() if r["backup_costs"]]
+    png = results_dir / ("learning.png" if settings["profile"] != "smoke" else "learning_smoke.png")
+    plot(results, png, f"{cfg.robot.env_id}, profile={cfg.profile}, bench={settings['profile']}")
+    for name, s in summary.items():
+        log.info("%-20s final %.2f  steps_to_0.8 %s  updates/s %s  env steps/s %.1f", name, s["final_success"],
+                 s["steps_to_0.8"], s["learner_updates_per_s"], s["env_steps_per_s"])  # fmt: skip
+    return {
+        "benchmark": "learning",
+        "bench_profile": settings["profile"],
+        "agent_profile": cfg.profile,
+        "task": {"env_id": cfg.robot.env_id, "task": cfg.task.name},
+        "settings": settings,
+        "seed_data": seed_info,
+        "agents": {name: agent_config(name, cfg.profile) for name in settings["algorithms"]},
+        "results": results,
+        "backup_costs": expo_costs[0] if expo_costs else None,
+        "plot": str(png),
+        "summary": summary,
+    }
