@@ -7,8 +7,8 @@ flush appends whole lines with one O_APPEND write, so lines from different proce
 process gets its own TensorBoard event file.
 
 Key names the plots and reports understand are the constants below; any other key is logged too (TensorBoard tag
-`<source>/<key>`). Learner keys ending in `loss` go to the loss panel, keys whose last part starts with `q`
-(`critic/q_mean`, `q/target`) to the Q panel.
+`<source>/<key>`). Learner keys ending in `loss` go to the loss panel, keys with a path part `q` or `q_*`
+(`q/mean`, `edit/q`, `critic/q_max`) to the Q panel.
 """
 
 from __future__ import annotations

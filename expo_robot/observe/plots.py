@@ -7,7 +7,7 @@ backend is selected here, so no display is ever needed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +96,22 @@ def _returns_panel(ax: Axes, records: Sequence[Mapping], window: int) -> None:
     ax.legend(loc="best", fontsize=8)
 
 
-def _learner_keys(records: Sequence[Mapping], want) -> list[str]:
-    return [k for k in m.keys(records, "learner") if want(k.rsplit("/", 1)[-1])]
+def is_q_key(key: str) -> bool:
+    """Q-value metrics: a path part that is `q` or starts with `q_` (q/mean, critic/q_max, edit/q)."""
+    return any(part == "q" or part.startswith("q_") for part in key.split("/"))
+
+
+def is_loss_key(key: str) -> bool:
+    return key.rsplit("/", 1)[-1].endswith("loss")
+
+
+def _learner_keys(records: Sequence[Mapping], want: Callable[[str], bool]) -> list[str]:
+    """Learner keys that pass `want` and change over env steps (pretraining logs everything at step 0)."""
+    names = []
+    for key in m.keys(records, "learner"):
+        if want(key) and len(set(m.series(records, key, "learner")[0])) > 1:
+            names.append(key)
+    return names
 
 
 def _lines_panel(ax: Axes, records: Sequence[Mapping], names: list[str], what: str) -> None:
@@ -209,9 +223,9 @@ def finetune_figure(
     _style(a_succ, "Success rate", STEPS_AXIS, "success rate")
     _returns_panel(a_ret, records, window)
     _style(a_ret, "Episode return", STEPS_AXIS, "return (sum of rewards)")
-    _lines_panel(a_q, records, _learner_keys(records, lambda last: last.startswith("q")), "Q values")
+    _lines_panel(a_q, records, _learner_keys(records, is_q_key), "Q values")
     _style(a_q, "Q values (learner)", STEPS_AXIS, "Q")
-    _loss_panel(a_loss, records, _learner_keys(records, lambda last: last.endswith("loss")))
+    _loss_panel(a_loss, records, _learner_keys(records, is_loss_key))
     _style(a_loss, "Losses (learner)", STEPS_AXIS, "loss (log scale)")
     _intervention_panel(a_int, records, window)
     _style(a_int, "Operator interventions", STEPS_AXIS, "intervention rate")

@@ -19,7 +19,9 @@ def write_finetune_metrics(run_dir: Path, episodes: int = 120, seed: int = 0) ->
     rng = np.random.default_rng(seed)
     step = 0
     updates = 0
-    with MetricsLogger(run_dir, flush_s=0.5) as log:
+    with MetricsLogger(run_dir, tensorboard=False, flush_s=0.5) as log:
+        for i in range(0, 1000, 100):  # pretraining logs at env step 0: not a curve over env steps
+            log.log(0, "learner", **{"pretrain/loss": 1.0 / (i + 1), "pretrain/step": i})
         log.log(0, "eval", **{m.EVAL_SUCCESSES: 8, m.EVAL_EPISODES: 20})
         for ep in range(episodes):
             p = 0.4 + 0.45 * ep / episodes
@@ -52,8 +54,10 @@ def write_finetune_metrics(run_dir: Path, episodes: int = 120, seed: int = 0) ->
                 **{
                     "critic/loss": float(0.5 * np.exp(-ep / 40) + 0.02 + rng.random() * 0.02),
                     "edit/loss": float(-0.3 - 0.5 * ep / episodes + rng.normal(0, 0.03)),
-                    "critic/q_mean": float(0.2 + 0.5 * ep / episodes + rng.normal(0, 0.02)),
-                    "critic/q_max": float(0.5 + 0.4 * ep / episodes + rng.normal(0, 0.02)),
+                    "q/mean": float(0.2 + 0.5 * ep / episodes + rng.normal(0, 0.02)),
+                    "q/target_mean": float(0.25 + 0.5 * ep / episodes + rng.normal(0, 0.02)),
+                    "edit/q": float(0.5 + 0.4 * ep / episodes + rng.normal(0, 0.02)),
+                    "edit/entropy": float(2.0 - ep / episodes),
                     m.LEARNER_UPDATES: updates,
                     m.BUFFER_SIZE: 2000 + step,
                 },

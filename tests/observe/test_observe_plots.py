@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from expo_robot.observe.metrics import read_metrics
-from expo_robot.observe.plots import eval_figure, finetune_figure, plot_eval, plot_finetune
+from expo_robot.observe.plots import (
+    eval_figure,
+    finetune_figure,
+    is_loss_key,
+    is_q_key,
+    plot_eval,
+    plot_finetune,
+)
 from expo_robot.observe.stats import wilson_interval
 from expo_robot.observe.summary import summarize_eval
 
@@ -40,11 +47,11 @@ def test_finetune_figure_has_every_panel_with_its_data(finetune_records):
     legend = [t.get_text() for t in success.get_legend().get_texts()]
     assert "BC start (40%)" in legend and "evaluation (95% Wilson)" in legend
     q = fig.axes[titles.index("Q values (learner)")]
-    assert sorted(ln.get_label() for ln in q.get_lines()) == ["critic/q_max", "critic/q_mean"]
+    assert sorted(ln.get_label() for ln in q.get_lines()) == ["edit/q", "q/mean", "q/target_mean"]
     loss = fig.axes[titles.index("Losses (learner)")]
     assert loss.get_yscale() == "log"  # critic/loss is positive; edit/loss (negative) is on the twin axis
     labels = [t.get_text() for t in loss.get_legend().get_texts()]
-    assert labels == ["critic/loss", "edit/loss (right axis)"]
+    assert labels == ["critic/loss", "edit/loss (right axis)"]  # pretrain/loss (all at step 0) left out
     period = fig.axes[titles.index("Control loop period")]
     assert sum(p.get_height() for p in period.patches if hasattr(p, "get_height")) > 0
     for ax in fig.axes:
@@ -60,6 +67,12 @@ def test_finetune_png_has_real_content(finetune_records, tmp_path):
     height, width = mpimg.imread(path).shape[:2]
     assert (width, height) == (1540, 1650)
     assert _ink(path) > 0.05
+
+
+def test_metric_name_rules():
+    assert all(is_q_key(k) for k in ("q/mean", "q/target_mean", "edit/q", "critic/q_max"))
+    assert not any(is_q_key(k) for k in ("quality", "edit/entropy", "critic/loss"))
+    assert is_loss_key("critic/loss") and is_loss_key("bc_loss") and not is_loss_key("loss/scale")
 
 
 def test_finetune_figure_without_metrics_says_so():
