@@ -42,13 +42,17 @@ def _empty(ax: Axes, what: str) -> None:
     ax.set_yticks([])
 
 
-def _rolling_mean(values: Sequence[float], window: int) -> np.ndarray:
-    """Trailing mean over the last `window` values (shorter at the start)."""
+MIN_EPISODES = 5  # a trailing mean over fewer episodes swings 0-100%: start the curve here
+
+
+def _rolling_mean(steps: Sequence[int], values: Sequence[float], window: int) -> tuple[list[int], np.ndarray]:
+    """(steps, trailing mean over the last `window` values), from the MIN_EPISODES-th value on."""
     v = np.asarray(values, dtype=float)
     csum = np.concatenate([[0.0], np.cumsum(v)])
     idx = np.arange(1, v.size + 1)
     start = np.maximum(0, idx - window)
-    return (csum[idx] - csum[start]) / (idx - start)
+    first = min(MIN_EPISODES, window, v.size) - 1 if v.size else 0
+    return list(steps)[first:], ((csum[idx] - csum[start]) / (idx - start))[first:]
 
 
 def _episodes(records: Sequence[Mapping]) -> list[Mapping]:
@@ -67,8 +71,9 @@ def _success_panel(ax: Axes, records: Sequence[Mapping], bc_rate: float | None, 
         _empty(ax, "episodes")
         return
     if eps:
-        steps = [r["step"] for r in eps]
-        rolled = _rolling_mean([float(r[m.EPISODE_SUCCESS]) for r in eps], window)
+        steps, rolled = _rolling_mean(
+            [r["step"] for r in eps], [float(r[m.EPISODE_SUCCESS]) for r in eps], window
+        )
         ax.plot(steps, rolled, color=COLORS[0], lw=2, label=f"training episodes (mean of last {window})")
     if evals:
         evals.sort(key=lambda r: r["step"])
@@ -92,7 +97,7 @@ def _returns_panel(ax: Axes, records: Sequence[Mapping], window: int) -> None:
         _empty(ax, "episode returns")
         return
     ax.scatter(steps, returns, s=10, color=COLORS[0], alpha=0.35, label="episode")
-    ax.plot(steps, _rolling_mean(returns, window), color=COLORS[0], lw=2, label=f"mean of last {window}")
+    ax.plot(*_rolling_mean(steps, returns, window), color=COLORS[0], lw=2, label=f"mean of last {window}")
     ax.legend(loc="best", fontsize=8)
 
 
@@ -153,7 +158,7 @@ def _intervention_panel(ax: Axes, records: Sequence[Mapping], window: int) -> No
         _empty(ax, "interventions")
         return
     share = [float(r.get(m.EPISODE_INTERVENTIONS) or 0) / float(r[m.EPISODE_LENGTH]) for r in eps]
-    ax.plot([r["step"] for r in eps], _rolling_mean(share, window), color=COLORS[3], lw=2,
+    ax.plot(*_rolling_mean([r["step"] for r in eps], share, window), color=COLORS[3], lw=2,
             label=f"share of steps, mean of last {window} episodes")  # fmt: skip
     ax.set_ylim(bottom=0)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))

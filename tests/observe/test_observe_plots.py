@@ -100,3 +100,13 @@ def test_eval_figure_shows_rates_with_wilson_bars_and_stop_reasons(tmp_path, mak
     assert counted == sum(len(r["episodes"]) for r in results)
     path = plot_eval(results, tmp_path / "eval.png")
     assert path.stat().st_size > 30_000 and _ink(path) > 0.05
+
+
+def test_trailing_mean_starts_after_a_few_episodes():
+    from expo_robot.observe.plots import _rolling_mean
+
+    steps, mean = _rolling_mean([1, 2, 3, 4, 5, 6, 7], [1, 0, 0, 1, 1, 1, 0], window=3)
+    assert steps == [3, 4, 5, 6, 7]  # from the 3rd episode (window 3 < MIN_EPISODES 5)
+    assert mean == pytest.approx([1 / 3, 1 / 3, 2 / 3, 1.0, 2 / 3])
+    steps, mean = _rolling_mean(list(range(10)), [1.0] * 5 + [0.0] * 5, window=20)
+    assert steps[0] == 4 and mean[0] == 1.0 and mean[-1] == pytest.approx(0.5)
