@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter, PercentFormatter
+from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
 from expo_robot.observe import metrics as m
 from expo_robot.observe.stats import wilson_interval
@@ -295,7 +295,8 @@ def _stop_bars(ax: Axes, summaries: list[dict]) -> None:
         counts = [s["stops"].get(r, 0) for r in reasons]
         bars = ax.barh(y + (i - (len(summaries) - 1) / 2) * height, counts, height=height, color=COLORS[i % 10],
                        alpha=0.8, label=s["label"])  # fmt: skip
-        ax.bar_label(bars, fontsize=8, padding=2)
+        ax.bar_label(bars, labels=[str(c) if c else "" for c in counts], fontsize=8, padding=2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_yticks(y, reasons)
     ax.invert_yaxis()
     ax.legend(loc="best", fontsize=8)
@@ -318,8 +319,12 @@ def _hist_by_policy(
         bins = np.linspace(0, hi * 1.05 if hi > 0 else 1.0, 50)
     for i, (label, v) in enumerate(present):
         med = float(np.median(v))
-        ax.hist(np.clip(v, None, bins[-1]), bins=bins, color=COLORS[i % 10], alpha=0.5,
-                label=f"{label} (median {med:.3g})")  # fmt: skip
+        clipped = np.clip(v, None, bins[-1])
+        color = COLORS[i % 10]
+        ax.hist(
+            clipped, bins=bins, color=color, alpha=0.25
+        )  # light fill, crisp outline: overlaps stay readable
+        ax.hist(clipped, bins=bins, color=color, histtype="step", lw=1.8, label=f"{label} (median {med:.3g})")
     ax.legend(loc="best", fontsize=8)
 
 
