@@ -14,6 +14,7 @@ from expo_robot.observe.live import (
     LiveStatus,
     ProgressBar,
     format_field,
+    render_text,
     status_line,
     track,
     use_panel,
@@ -153,3 +154,13 @@ def test_piped_output_has_no_terminal_codes():
     assert any(line.endswith("actor: episode 2 ended") for line in lines)
     assert any("pretraining: 4/4 (100%)" in line for line in lines)
     assert all(" INFO " in line for line in lines)  # every line is a whole log record
+
+
+def test_panel_layout_as_text():
+    status = LiveStatus("off", title="finetune")
+    status.update(**FIELDS, my_counter=7)
+    text = render_text(status, width=100)
+    assert text.splitlines()[0].startswith("╭") and "finetune · 00:00:" in text
+    assert (
+        "control rate  49.9 Hz" in text and "buffer  15,000 transitions" in text and "my counter  7" in text
+    )
