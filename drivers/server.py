@@ -4,8 +4,9 @@
     python -m drivers.server robot=fake runtime.obs_port=6000 runtime.cmd_port=6001
     run_driver(cfg, stop_event)                       # in-process (tests, launcher)
 
-Timing. Step k of a chunk is due at t0 + k/fps on the driver clock. The due step is the newest whose slot has begun;
+Timing. Step k of a chunk is due at t0 + k/fps on the driver clock (the step nearest in time, within half a period);
 older unexecuted steps are skipped (counted), never replayed. The newest chunk replaces the previous one.
+Observations carry t, the time the state was produced; a policy answering it sends t0 = obs.t + 1/fps (the next tick).
 - realtime: the driver clock is the monotonic clock; one tick per period; no due step -> hold.
 - lockstep: the driver clock is virtual (executed steps / fps). The simulator steps as soon as a step is due at the
   current virtual time, otherwise the driver waits for commands. The watchdog still runs on the wall clock.
@@ -20,7 +21,6 @@ import math
 import signal
 import sys
 import threading
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -118,12 +118,14 @@ class Driver:
                 self.robot.hold()
                 self.robot.safe_state()
                 self.monitor.shutdown()
-                self._publish(fresh=False)
+                if self.pub is not None:
+                    self._publish(fresh=False)
         finally:
             self.robot.disconnect()
-            for sock in (self.pub, self.inbox):
-                if sock is not None:
-                    sock.close()
+            if self.inbox is not None:
+                self.inbox.close()
+            if self.pub is not None:
+                self.pub.close(linger_s=0.2)  # let the final safe-state observation out
 
     def run(self, stop: threading.Event) -> None:
         self.open()
@@ -158,18 +160,11 @@ class Driver:
         self._tick()
 
     def _pump(self, wait_s: float) -> None:
-        """Handle every command that arrives within wait_s (all of them: an e-stop is never superseded)."""
-        deadline = time.monotonic() + max(0.0, wait_s)
-        while True:
-            msg = self.inbox.recv(max(0.0, deadline - time.monotonic()))
-            if msg is None:
-                return
+        """Wait up to wait_s for a command, then handle everything queued (all of it: an e-stop is never superseded)."""
+        msg = self.inbox.recv(max(0.0, wait_s))
+        while msg is not None:
             self._handle(msg)
-            if time.monotonic() >= deadline:
-                # drain what is already queued without waiting further
-                while (msg := self.inbox.recv(0.0)) is not None:
-                    self._handle(msg)
-                return
+            msg = self.inbox.recv(0.0)
 
     def _watch(self) -> str | None:
         """Run the watchdog on the wall clock; a change is acted on and published at once."""

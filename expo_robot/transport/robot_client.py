@@ -4,7 +4,7 @@
         spec = robot.connect(timeout_s=10)            # handshake; HandshakeError / PeerTimeoutError, never a hang
         obs = robot.reset(seed=0)                     # step 0 of a new episode
         while not (obs.terminated or obs.truncated):
-            robot.send_chunk(actions, t0=obs.t, chunk_id=i)   # step k is due at t0 + k/fps on the driver clock
+            robot.send_chunk(actions, t0=obs.t + 1 / spec.fps, chunk_id=i)  # step k due at t0 + k/fps
             obs = robot.recv_obs(timeout_s=1.0)       # executed steps, in order (None on timeout)
 
 Heartbeats go out from a background thread (its own socket) every spec.heartbeat_s, so a policy busy computing is
@@ -44,7 +44,7 @@ class NotConnectedError(ConnectionError):
 @dataclass
 class Observation:
     state: np.ndarray
-    t: float  # driver clock (virtual in lock-step)
+    t: float  # driver clock when this state was produced (virtual in lock-step); answer with t0 = t + 1/fps
     episode: int
     step: int
     action: np.ndarray  # executed to reach this state, after safety; zeros at step 0

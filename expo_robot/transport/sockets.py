@@ -220,9 +220,10 @@ class Channel:
     def stats(self) -> dict[str, int]:
         return dict(self.counters)
 
-    def close(self) -> None:
+    def close(self, linger_s: float = 0.0) -> None:
+        """Close now; linger_s > 0 gives queued messages (e.g. a final status) that long to go out."""
         if not self.sock.closed:
-            self.sock.close(linger=0)
+            self.sock.close(linger=int(linger_s * 1000))
 
     def __enter__(self) -> Channel:
         return self

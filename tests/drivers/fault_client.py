@@ -21,7 +21,7 @@ def main() -> None:
     robot.connect(timeout_s=20)
     obs = robot.reset()  # a new episode also leaves a safe state left over from the previous trial
     actions = np.tile(np.array([0.2, 0.0, 0.0, 1.0], np.float32), (200, 1))  # 20 s at 10 Hz
-    robot.send_chunk(actions, t0=obs.t, chunk_id=chunk_id)
+    robot.send_chunk(actions, t0=obs.t + 0.1, chunk_id=chunk_id)
     print("sent", flush=True)
     if silent:
         time.sleep(np.random.default_rng(chunk_id).uniform(0.3, 0.4))

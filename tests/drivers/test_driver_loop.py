@@ -32,7 +32,7 @@ def test_lockstep_executes_every_due_step_in_order(tmp_path):
         assert obs.step == 0 and obs.fresh and not obs.action.any()
         actions = chunk(5) * np.array([1, 1, 1, 1], np.float32)
         actions[:, 1] = np.linspace(0, 0.2, 5)
-        robot.send_chunk(actions, t0=obs.t, chunk_id=7)
+        robot.send_chunk(actions, t0=obs.t + 0.1, chunk_id=7)  # the convention: answer obs.t at the next tick
         got = [robot.recv_obs(5.0) for _ in range(5)]
         assert [o.step for o in got] == [1, 2, 3, 4, 5]
         assert [o.t for o in got] == pytest.approx([obs.t + 0.1 * i for i in range(1, 6)])
@@ -43,7 +43,7 @@ def test_lockstep_executes_every_due_step_in_order(tmp_path):
 
         # steps whose slot is already over are skipped, never replayed
         last = got[-1]
-        robot.send_chunk(chunk(6), t0=last.t - 0.3, chunk_id=8)
+        robot.send_chunk(chunk(6), t0=last.t + 0.1 - 0.3, chunk_id=8)  # 3 steps late
         late = [robot.recv_obs(5.0) for _ in range(3)]
         assert [o.step for o in late] == [6, 7, 8] and robot.recv_obs(0.3) is None
         assert late[-1].counters["steps_skipped"] == 3 and len(driver.robot.sent) == 8
@@ -54,10 +54,10 @@ def test_realtime_newest_chunk_wins(tmp_path):
     with running_driver(cfg), RobotClient(cfg.runtime) as robot:
         robot.connect(10)
         obs = robot.reset()
-        robot.send_chunk(chunk(100), t0=obs.t, chunk_id=1)
+        robot.send_chunk(chunk(100), t0=obs.t + 0.1, chunk_id=1)
         first = [robot.recv_obs(2.0) for _ in range(3)]
         assert all(o.chunk_id == 1 for o in first)
-        robot.send_chunk(chunk(100, [-0.1, 0.0, 0.0, 1.0]), t0=first[-1].t, chunk_id=2)
+        robot.send_chunk(chunk(100, [-0.1, 0.0, 0.0, 1.0]), t0=first[-1].t + 0.05, chunk_id=2)
         o = wait_for(lambda: (x := robot.recv_obs(1.0)) is not None and x.chunk_id == 2 and x, 3.0, "chunk 2")
         np.testing.assert_allclose(o.action, [-0.1, 0.0, 0.0, 1.0], atol=1e-6)
         assert o.counters["chunks_superseded"] == 1
@@ -71,11 +71,11 @@ def test_episode_end_holds_until_reset(tmp_path):
     with running_driver(cfg) as driver, RobotClient(cfg.runtime) as robot:
         robot.connect(10)
         obs = robot.reset(seed=1)
-        robot.send_chunk(chunk(5), t0=obs.t, chunk_id=1)
+        robot.send_chunk(chunk(5), t0=obs.t + 0.1, chunk_id=1)
         got = [robot.recv_obs(5.0) for _ in range(3)]
         assert got[-1].truncated and got[-1].safety["state"] == "episode_end"
         assert robot.recv_obs(0.3) is None and len(driver.robot.sent) == 3
-        robot.send_chunk(chunk(5), t0=got[-1].t, chunk_id=2)  # ignored: the episode is over
+        robot.send_chunk(chunk(5), t0=got[-1].t + 0.1, chunk_id=2)  # ignored: the episode is over
         assert robot.recv_obs(0.3) is None
         new = robot.reset(seed=2)
         assert (new.episode, new.step, new.safety["state"]) == (obs.episode + 1, 0, "ok")
@@ -91,14 +91,14 @@ def test_estop_latches_until_explicit_clear(tmp_path):
             lambda: (o := robot.latest_obs(0.1)) and o.safety["state"] == "estop" and o, 3, "e-stop"
         )
         assert "operator pressed the key" in latest.safety["reason"]
-        robot.send_chunk(chunk(3), t0=obs.t, chunk_id=1)
+        robot.send_chunk(chunk(3), t0=obs.t + 0.1, chunk_id=1)
         assert robot.recv_obs(0.5) is None and driver.robot.sent == []
         with pytest.raises(EStopLatchedError):
             robot.reset(timeout_s=0.5)
         robot.clear_estop()
         wait_for(lambda: (o := robot.latest_obs(0.1)) and o.safety["state"] == "ok", 3, "e-stop cleared")
         obs = robot.reset()
-        robot.send_chunk(chunk(2), t0=obs.t, chunk_id=2)
+        robot.send_chunk(chunk(2), t0=obs.t + 0.1, chunk_id=2)
         assert robot.recv_obs(3.0).step == 1 and len(driver.robot.sent) >= 1
         assert latest.safety["counters"]["estop"] == 1
 
@@ -179,7 +179,7 @@ def test_missing_driver_is_a_timeout_error_not_a_hang():
 
 
 def test_realtime_step_selection_with_a_fake_clock(tmp_path):
-    """Exact pacing: step k is due at t0 + k/fps; past steps are skipped; nothing runs before t0."""
+    """Exact pacing: step k is due at t0 + k/fps (+- half a period); past steps are skipped, never replayed."""
     cfg = make_cfg(tmp_path, "robot.mode=realtime")
     clock = FakeClock(100.0)
     driver = Driver(cfg, clock=clock)
@@ -192,12 +192,13 @@ def test_realtime_step_selection_with_a_fake_clock(tmp_path):
         meta = {"t0": 100.5, "chunk_id": 1, "client": client}
         driver._handle(Message("chunk", 1, 0.0, meta, {"actions": actions}))
         executed = []
-        for t in (100.2, 100.5, 100.55, 100.62, 100.95, 101.41, 101.52, 102.0):
+        for t in (100.2, 100.5, 100.53, 100.62, 100.93, 101.41, 101.52, 102.0):
             clock.t = t
             driver._handle(Message("heartbeat", 0, 0.0, {"client": client}, {}))
             driver._tick()
             executed.append(driver.step)
-        #  t:       100.2 100.5 100.55 100.62 100.95 101.41 101.52 102.0
+        # k = the step whose time t0 + k/fps is nearest (within half a period)
+        #  t:       100.2 100.5 100.53 100.62 100.93 101.41 101.52 102.0
         #  due k:   none  0     0(done) 1     4      9      over   over
         assert executed == [0, 1, 1, 2, 3, 4, 4, 4]
         np.testing.assert_allclose([a[0] for a in driver.robot.sent], [0.1, 0.2, 0.5, 1.0], atol=1e-6)
