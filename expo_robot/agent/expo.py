@@ -25,6 +25,11 @@ class ExpoAgent(BCAgent):
         super().__init__(cfg, spec, device, seed)
         e, c, a, s = cfg["edit"], cfg["critic"], cfg["alpha"], cfg["select"]
         self.use_edit, self.otf_backup = bool(cfg["use_edit"]), bool(cfg["otf_backup"])
+        if cfg["base"]["kind"] == "ddpm" and s.get("proposal_steps") not in (None, cfg["base"]["steps"]):
+            raise ValueError(
+                f"a DDPM base samples with all its T={cfg['base']['steps']} steps; set "
+                "agent.profiles.<profile>.select.proposal_steps=null (fewer proposal steps need base.kind=flow)"
+            )
         self.edit = EditPolicy(spec.state_dim, self.act_dim, e["hidden"], e["depth"], e["beta"], e["dropout"])
         self.critic = EnsembleCritic(spec.state_dim, self.act_dim, c["members"], c["hidden"], c["depth"])
         self.edit, self.critic = self.edit.to(self.device), self.critic.to(self.device)

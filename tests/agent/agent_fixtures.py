@@ -24,7 +24,10 @@ def _composed(name: str):
 
 def agent_cfg(name: str, **overrides):
     """configs/agent/<name>.yaml as Hydra composes it, demo profile, with overrides merged into that profile."""
-    return OmegaConf.merge(_composed(name), {"profile": "demo", "profiles": {"demo": overrides}})
+    cfg = OmegaConf.create(
+        OmegaConf.to_container(_composed(name))
+    )  # not in struct mode: overrides may add keys
+    return OmegaConf.merge(cfg, {"profile": "demo", "profiles": {"demo": overrides}})
 
 
 def build(name: str, seed: int = 0, **overrides):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from expo_robot.data.chunking import ChunkingError, chunk_transitions
+from expo_robot.data.chunking import ChunkingError, chunk_transitions, episode_chunks
 
 GAMMA = 0.9
 
@@ -52,3 +52,19 @@ def test_length_mismatch_is_a_clear_error():
     states, actions, rewards = episode(4)
     with pytest.raises(ChunkingError, match=r"states\[T\+1\]"):
         chunk_transitions(states[:-1], actions, rewards, True, 2, GAMMA)
+
+
+def test_recorded_episodes_terminated_and_truncated():
+    """Episodes as the LeRobotDataset reader gives them (no final state): a truncated one drops its last action."""
+    from types import SimpleNamespace
+
+    states, actions, rewards = episode(5)
+    rec = SimpleNamespace(states=states[:5], actions=actions, rewards=rewards, terminated=True,
+                          intervention=np.zeros(5, bool))  # fmt: skip
+    out = episode_chunks(rec, chunk=2, gamma=GAMMA)
+    assert out["steps"].tolist() == [2, 2, 1] and out["discount"][-1] == 0.0
+    rec.terminated = False
+    out = episode_chunks(rec, chunk=2, gamma=GAMMA)
+    assert out["steps"].tolist() == [2, 2]  # 4 complete transitions left
+    np.testing.assert_array_equal(out["next_obs"][-1], states[4])
+    np.testing.assert_allclose(out["discount"], [GAMMA**2, GAMMA**2], rtol=1e-6)

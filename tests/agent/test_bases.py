@@ -1,0 +1,46 @@
+"""Both base parameterisations sample inside [-1, 1] and learn; the DDPM base refuses a step count it cannot do."""
+
+import pytest
+import torch
+
+from expo_robot.agent.base_policy import make_base
+
+CFG = {"hidden": 32, "blocks": 1, "time_dim": 8, "dropout": 0.0, "steps": 10, "expand": 2}
+
+
+@pytest.mark.parametrize("kind", ["flow", "ddpm"])
+def test_samples_in_bounds_and_loss_falls(kind):
+    torch.manual_seed(0)
+    base = make_base(kind, 3, 4, CFG)
+    obs = torch.randn(32, 3)
+    target = torch.tanh(obs @ torch.randn(3, 4))  # a deterministic function of the state
+    opt = torch.optim.Adam(base.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(100):
+        loss = base.loss(obs, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert sum(losses[-20:]) / 20 < 0.6 * sum(losses[:20]) / 20
+    samples = base.sample(obs, 5)
+    assert samples.shape == (32, 5, 4) and samples.abs().max() <= 1.0
+
+
+def test_ddpm_rejects_fewer_proposal_steps():
+    base = make_base("ddpm", 3, 4, CFG)
+    with pytest.raises(ValueError, match="proposal_steps"):
+        base.sample(torch.zeros(1, 3), 2, steps=4)
+    with pytest.raises(ValueError, match="unknown base"):
+        make_base("gan", 3, 4, CFG)
+
+
+def test_expo_with_ddpm_base_learns_one_update():
+    import numpy as np
+    from agent_fixtures import build, random_buffer
+
+    with pytest.raises(ValueError, match="proposal_steps=null"):
+        build("expo", base={"kind": "ddpm"})
+    agent = build("expo", base={"kind": "ddpm"}, select={"proposal_steps": None})
+    metrics = agent.update(random_buffer(30, 1), random_buffer(30, 2))
+    assert np.isfinite(metrics["critic/loss"]) and agent.act(np.zeros(5, np.float32)).shape == (3, 2)
