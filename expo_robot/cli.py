@@ -31,7 +31,8 @@ COMMANDS: dict[str, Command] = {
     "teleop": Command("drive the robot with a teleop device, no recording", None, "issue #6"),
     "record": Command("record teleop demonstrations into a LeRobotDataset", None, "issue #6"),
     "dataset": Command(
-        "dataset info|check PATH: summary and validation of a LeRobotDataset", None, "issue #6"
+        "dataset info|check|repair PATH: summary and validation of a LeRobotDataset",
+        "expo_robot.data.dataset_cli:main",
     ),
     "calibrate": Command("calibrate a robot or camera; stored under calibration/", None, "issue #7"),
     "check": Command("preflight: devices, calibration, limits, ports, latency", None, "issue #7"),

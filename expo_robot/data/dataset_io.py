@@ -44,6 +44,7 @@ STATE, ACTION, REWARD, DONE, TRUNCATED = (
     "next.truncated",
 )
 FLAGS = ("intervention", "success", "safety_stop")
+CAPTURE_TIME = "capture_time"  # optional: monotonic seconds at which the frame's state was captured
 # Names other recorders use for the same things (lerobot HIL-SERL, gym_manipulator), tried in order when reading.
 ALIASES = {
     REWARD: (REWARD, "reward"),
@@ -66,8 +67,13 @@ def dataset_features(
     state_names: Sequence[str] | None = None,
     action_names: Sequence[str] | None = None,
     extra: dict[str, dict] | None = None,
+    capture_time: bool = False,
 ) -> dict[str, dict]:
-    """lerobot feature spec of our recordings; `extra` adds e.g. camera features ({"dtype": "video", ...})."""
+    """lerobot feature spec of our recordings; `extra` adds e.g. camera features ({"dtype": "video", ...}).
+
+    lerobot's own `timestamp` is always frame_index / fps; `capture_time=True` also stores the monotonic time each
+    state was captured, so `dataset check` can validate the real cadence of a real-time recording.
+    """
 
     def scalar(dtype: str) -> dict:
         return {"dtype": dtype, "shape": (1,), "names": None}
@@ -88,6 +94,8 @@ def dataset_features(
         TRUNCATED: scalar("bool"),
         **{flag: scalar("bool") for flag in FLAGS},
     }
+    if capture_time:
+        features[CAPTURE_TIME] = scalar("float64")
     features.update(extra or {})
     return features
 
@@ -119,8 +127,10 @@ class EpisodeWriter:
         durable: bool = True,
         max_pending: int = 64,
     ):
+        import datasets
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+        datasets.disable_progress_bars()  # per-episode "Map" bars from the save thread would clutter the console
         self.root = Path(root)
         self.fps = int(fps)
         self.task = task
@@ -137,6 +147,7 @@ class EpisodeWriter:
                 use_videos=True,
             )  # fmt: skip
         self._features = self._ds.meta.features
+        self._has_capture_time = CAPTURE_TIME in self._features
         self.saved_episodes = self._ds.meta.total_episodes
         self._queued_episodes = self.saved_episodes
         self._frames: list[dict] = []
@@ -161,9 +172,14 @@ class EpisodeWriter:
         intervention: bool = False,
         success: bool = False,
         safety_stop: bool = False,
+        capture_time: float | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        """Append one frame to the episode in progress. `action` is the action actually executed."""
+        """Append one frame to the episode in progress. `action` is the action actually executed.
+
+        `done` may be left False on the last frame: `end_episode` sets it. `capture_time` (monotonic seconds) is
+        stored when the dataset has that feature; it defaults to now.
+        """
         self._raise_if_failed()
         frame = {
             STATE: np.array(state, dtype=np.float32),
@@ -175,6 +191,9 @@ class EpisodeWriter:
             "success": np.array([success]),
             "safety_stop": np.array([safety_stop]),
         }
+        if self._has_capture_time:
+            t = time.monotonic() if capture_time is None else capture_time
+            frame[CAPTURE_TIME] = np.array([t], dtype=np.float64)
         if extra:
             frame.update(extra)
         self._frames.append(frame)
@@ -183,13 +202,21 @@ class EpisodeWriter:
     def frames_in_episode(self) -> int:
         return len(self._frames)
 
-    def end_episode(self, task: str | None = None) -> int:
-        """Queue the episode in progress for saving; return its episode index. Never waits for the disk."""
+    def end_episode(self, task: str | None = None, truncated: bool | None = None) -> int:
+        """Queue the episode in progress for saving; return its episode index. Never waits for the disk.
+
+        The last frame is marked `next.done`; `truncated` (if given) says whether the episode was cut by a limit
+        rather than ended by the task.
+        """
         self._raise_if_failed()
         if not self._frames:
             raise DatasetError("end_episode() with no frames: call add_frame() first (or discard_episode())")
         if self._closed:
             raise DatasetError(f"writer for {self.root} is closed")
+        last = self._frames[-1]
+        last[DONE] = np.array([True])
+        if truncated is not None:
+            last[TRUNCATED] = np.array([truncated])
         try:
             self._queue.put_nowait(_PendingEpisode(self._frames, task or self.task))
         except queue.Full as e:
@@ -436,6 +463,8 @@ class DatasetSummary:
     frame_index: list[np.ndarray]
     flags: dict[str, list[np.ndarray]]  # per flag, per episode (only flags the dataset stores)
     done: list[np.ndarray | None]
+    truncated: list[np.ndarray | None] = field(default_factory=list)
+    capture_time: list[np.ndarray] | None = None  # per episode, when the dataset stores it
 
 
 def _first(columns: Iterable[str], names: Sequence[str]) -> str | None:
@@ -465,6 +494,7 @@ def read_dataset(root: str | Path) -> DatasetSummary:
             raise DatasetError(f"{root} has no '{needed}' feature (features: {', '.join(features)})")
     files = sorted((root / "data").glob("chunk-*/file-*.parquet"))
     wanted = [STATE, ENV_STATE, ACTION, "episode_index", "frame_index", "timestamp", "index", "task_index"]
+    wanted.append(CAPTURE_TIME)
     wanted += [n for names in ALIASES.values() for n in names]
     tables = [pq.read_table(p, columns=[c for c in wanted if c in features]) for p in files]
     cols = pa.concat_tables(tables).to_pydict() if tables else {c: [] for c in wanted if c in features}
@@ -478,6 +508,8 @@ def read_dataset(root: str | Path) -> DatasetSummary:
         arr = np.asarray(cols[name], dtype=dtype)[order]
         return arr.reshape(len(order), -1).squeeze(-1) if arr.ndim > 1 and arr.shape[1] == 1 else arr
 
+    if len(order) == 0:
+        return DatasetSummary(root, int(info["fps"]), features, tasks, [], [], [], {}, [])
     states = column(STATE, np.float32).reshape(len(order), -1)
     if ENV_STATE in cols:
         states = np.concatenate([states, column(ENV_STATE, np.float32).reshape(len(order), -1)], axis=1)
@@ -489,6 +521,7 @@ def read_dataset(root: str | Path) -> DatasetSummary:
     flags = {f: column(names[f], bool) for f in FLAGS}
     task_index = column("task_index", np.int64)
 
+    timestamps, frame_index = column("timestamp", np.float64), column("frame_index", np.int64)
     summary = DatasetSummary(root, int(info["fps"]), features, tasks, [], [], [], {}, [])
     bounds = np.flatnonzero(np.diff(ep_index)) + 1
     for sl in _slices(bounds, len(order)):
@@ -515,9 +548,13 @@ def read_dataset(root: str | Path) -> DatasetSummary:
                 index=int(ep_index[sl.start]),
             )
         )
-        summary.timestamps.append(column("timestamp", np.float64)[sl])
-        summary.frame_index.append(column("frame_index", np.int64)[sl])
+        summary.timestamps.append(timestamps[sl])
+        summary.frame_index.append(frame_index[sl])
         summary.done.append(done[sl] if done is not None else None)
+        summary.truncated.append(truncated[sl] if truncated is not None else None)
+    if CAPTURE_TIME in cols:
+        capture = column(CAPTURE_TIME, np.float64)
+        summary.capture_time = [capture[sl] for sl in _slices(bounds, len(order))]
     summary.flags = {
         f: [arr[sl] for sl in _slices(bounds, len(order))] for f, arr in flags.items() if arr is not None
     }

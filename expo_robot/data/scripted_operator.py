@@ -138,7 +138,7 @@ OPERATOR_VERSION = 1
 
 # Noise that gives ~40-50% success, per task (measured: see the module docstring of tests/data/test_seed.py).
 DEFAULT_SIGMA = {
-    "gym_hil/PandaPickCube-v0": 1.0,
+    "gym_hil/PandaPickCube-v0": 0.85,
     "lerobot_env_so101/SO101PickPlace-v0": 0.2,
 }
 
