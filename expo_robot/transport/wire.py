@@ -42,6 +42,9 @@ ALLOWED_DTYPES = frozenset(
     ]
 )
 _HEADER_KEYS = ("type", "v", "seq", "stamp", "wall", "meta", "fields")
+# Lookups instead of dtype.name / np.dtype(name): those are slow Python-level calls on the hot path.
+_NAME_OF = {np.dtype(n): n for n in ALLOWED_DTYPES}
+_ITEMSIZE = {n: np.dtype(n).itemsize for n in ALLOWED_DTYPES}
 
 
 class WireError(ValueError):
@@ -94,15 +97,19 @@ class Schema:
     max_bytes: int = DEFAULT_MAX_BYTES
 
 
-def _as_wire_array(name: str, value: Any) -> np.ndarray:
+def _as_wire_array(name: str, value: Any) -> tuple[np.ndarray, str]:
     arr = np.asarray(value)
-    if arr.dtype.name not in ALLOWED_DTYPES:
-        raise TypeError(
-            f"array '{name}' has dtype {arr.dtype}; the wire carries only {sorted(ALLOWED_DTYPES)}"
-        )
-    if arr.dtype.byteorder == ">":
+    dtype_name = _NAME_OF.get(arr.dtype)
+    if dtype_name is None:
+        if arr.dtype.byteorder != ">" or arr.dtype.newbyteorder("<") not in _NAME_OF:
+            raise TypeError(
+                f"array '{name}' has dtype {arr.dtype}; the wire carries only {sorted(ALLOWED_DTYPES)}"
+            )
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
+        dtype_name = _NAME_OF[arr.dtype]
+    if not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+    return arr, dtype_name
 
 
 def encode(
@@ -113,7 +120,8 @@ def encode(
     stamp: float | None = None,
 ) -> list:
     """Frames for `socket.send_multipart(frames, copy=False)`: header bytes, then the arrays (not copied)."""
-    bufs = [_as_wire_array(k, v) for k, v in (arrays or {}).items()]
+    names = list(arrays or {})
+    bufs = [_as_wire_array(k, arrays[k]) for k in names]
     header = {
         "type": msg_type,
         "v": PROTOCOL_VERSION,
@@ -121,9 +129,9 @@ def encode(
         "stamp": float(time.monotonic() if stamp is None else stamp),
         "wall": time.time(),
         "meta": dict(meta or {}),
-        "fields": [[k, b.dtype.name, list(b.shape)] for k, b in zip(arrays or {}, bufs)],
+        "fields": [[k, dtype_name, list(b.shape)] for k, (b, dtype_name) in zip(names, bufs)],
     }
-    return [msgpack.packb(header, use_bin_type=True), *bufs]
+    return [msgpack.packb(header, use_bin_type=True), *(b for b, _ in bufs)]
 
 
 def _buffer(frame: Any) -> memoryview:
@@ -174,15 +182,11 @@ def _field_array(entry: Any, buf: memoryview, budget: int) -> tuple[str, np.ndar
     name, dtype, shape = entry
     if dtype not in ALLOWED_DTYPES:
         raise WireError("dtype", f"field '{name[:40]}' has dtype {str(dtype)[:20]!r}, not allowed")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > MAX_NDIM
-        or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape)
-    ):
+    if not _valid_shape(shape):
         raise WireError(
             "shape", f"field '{name[:40]}' shape must be a list of <= {MAX_NDIM} non-negative ints"
         )
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    nbytes = math.prod(shape) * _ITEMSIZE[dtype]
     if nbytes > budget:
         raise WireError("size", f"field '{name[:40]}' declares {nbytes} bytes, over the size limit")
     if len(buf) != nbytes:
@@ -199,12 +203,9 @@ def _check_schema(msg: Message, schema: Schema) -> None:
                 raise WireError("missing_field", f"'{msg.type}' needs array '{name}'")
             continue
         arr = msg.arrays[name]
-        if arr.dtype.name != spec.dtype:
-            raise WireError("dtype", f"'{msg.type}.{name}' must be {spec.dtype}, got {arr.dtype.name}")
-        if spec.shape is not None and (
-            arr.ndim != len(spec.shape)
-            or any(w is not None and w != d for w, d in zip(spec.shape, arr.shape))
-        ):
+        if _NAME_OF[arr.dtype] != spec.dtype:
+            raise WireError("dtype", f"'{msg.type}.{name}' must be {spec.dtype}, got {arr.dtype}")
+        if spec.shape is not None and not _shape_matches(arr.shape, spec.shape):
             raise WireError("shape", f"'{msg.type}.{name}' must have shape {spec.shape}, got {arr.shape}")
         if spec.finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise WireError("not_finite", f"'{msg.type}.{name}' holds NaN or Inf")
@@ -217,6 +218,18 @@ def _check_schema(msg: Message, schema: Schema) -> None:
             raise WireError("meta", f"'{msg.type}' meta '{key}' must be {kind}, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise WireError("not_finite", f"'{msg.type}' meta '{key}' is NaN or Inf")
+
+
+def _valid_shape(shape: Any) -> bool:
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+        return False
+    return all(type(d) is int and d >= 0 for d in shape)  # (type(True) is bool, not int)
+
+
+def _shape_matches(shape: tuple[int, ...], spec: tuple[int | None, ...]) -> bool:
+    if len(shape) != len(spec):
+        return False
+    return all(want is None or want == have for want, have in zip(spec, shape))
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:

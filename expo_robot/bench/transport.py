@@ -1,0 +1,187 @@
+"""`expo-robot bench transport`: round-trip latency of our wire format next to a bare pyzmq echo, in the same run.
+
+Two messages: a state observation (state f32[21] + action f32[4] + the driver's meta) and a 640x480 RGB frame plus
+state. "bare" sends prebuilt frames and the echo process sends them straight back; "ours" encodes on every send and
+decodes + validates (schema, dtypes, shapes, finite check) on every receive, on both sides. Both echo sockets live in
+one echo process (a separate OS process, as in a real deployment, over TCP loopback), and the four measurements are
+interleaved in rounds so machine load hits them alike.
+
+    expo-robot bench transport          # full run, writes benchmarks/results/transport.json
+    expo-robot bench transport quick    # a few hundred round trips (smoke test)
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+
+import numpy as np
+import zmq
+
+from expo_robot.transport.sockets import Channel
+from expo_robot.transport.wire import FieldSpec, Schema, encode
+
+log = logging.getLogger(__name__)
+
+STATE = Schema(
+    "state", {"state": FieldSpec("float32", (21,)), "action": FieldSpec("float32", (4,))}, {"t": float}
+)
+FRAME = Schema(
+    "frame",
+    {"rgb": FieldSpec("uint8", (480, 640, 3)), "state": FieldSpec("float32", (21,))},
+    {"t": float},
+)
+SCHEMAS = {"state": STATE, "frame": FRAME}
+
+
+class _Pair(Channel):
+    kind = zmq.PAIR
+
+
+def _payloads() -> dict[str, tuple[dict, dict]]:
+    rng = np.random.default_rng(0)
+    meta = {
+        "t": 1.0,
+        "episode": 3,
+        "step": 17,
+        "fresh": True,
+        "safety": {"state": "ok", "reason": "", "counters": {"clamp": 2}},
+    }
+    state = rng.normal(size=21).astype(np.float32)
+    return {
+        "state": ({"state": state, "action": rng.normal(size=4).astype(np.float32)}, meta),
+        "frame": ({"rgb": rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), "state": state}, meta),
+    }
+
+
+def serve() -> None:
+    """The echo process: a bare PAIR that returns frames as they are, and one of ours that decodes, validates and
+    re-encodes. Prints its two endpoints, then serves until stdin closes."""
+    ctx = zmq.Context()
+    bare = ctx.socket(zmq.PAIR)
+    bare.linger = 0
+    bare.bind("tcp://127.0.0.1:*")
+    ours = _Pair("tcp://127.0.0.1:*", SCHEMAS, bind=True, ctx=ctx, name="bench.echo")
+    print(bare.last_endpoint.decode(), ours.sock.last_endpoint.decode(), flush=True)
+    poller = zmq.Poller()
+    poller.register(bare, zmq.POLLIN)
+    poller.register(ours.sock, zmq.POLLIN)
+    poller.register(sys.stdin, zmq.POLLIN)
+    while True:
+        ready = dict(poller.poll())
+        if sys.stdin.fileno() in ready or sys.stdin in ready:
+            break
+        if bare in ready:
+            bare.send_multipart(bare.recv_multipart(copy=False), copy=False)
+        if ours.sock in ready:
+            msg = ours.recv(0.0)
+            if msg is not None:
+                ours.send(msg.type, msg.arrays, msg.meta, stamp=msg.stamp)
+    ours.close()
+    bare.close()
+    ctx.term()
+
+
+def _percentiles(samples: list[float]) -> dict:
+    ms = np.asarray(samples) * 1000
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "n": len(ms),
+    }
+
+
+def _round_trips(kind: str, mode: str, n: int, socks: dict, payloads: dict) -> list[float]:
+    arrays, meta = payloads[kind]
+    out = []
+    if mode == "bare":
+        sock, frames = socks["bare"], encode(kind, arrays, meta)
+        for _ in range(n):
+            t = time.perf_counter()
+            sock.send_multipart(frames, copy=False)
+            sock.recv_multipart(copy=False)
+            out.append(time.perf_counter() - t)
+        return out
+    chan: Channel = socks["ours"]
+    for _ in range(n):
+        t = time.perf_counter()
+        chan.send(kind, arrays, meta)
+        msg = chan.recv(5.0)
+        out.append(time.perf_counter() - t)
+        if msg is None or msg.type != kind:
+            raise RuntimeError(f"echo of '{kind}' did not come back within 5 s")
+    return out
+
+
+def run(cfg, words: list[str]) -> dict:
+    quick = "quick" in words
+    rounds, per_round = (3, 40) if quick else (10, 300)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "expo_robot.bench.transport", "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        bare_addr, ours_addr = proc.stdout.readline().split()
+        ctx = zmq.Context()
+        bare = ctx.socket(zmq.PAIR)
+        bare.linger = 0
+        bare.connect(bare_addr)
+        ours = _Pair(ours_addr, SCHEMAS, bind=False, ctx=ctx, name="bench.client")
+        socks, payloads = {"bare": bare, "ours": ours}, _payloads()
+        samples: dict[str, list[float]] = {}
+        for kind in ("state", "frame"):  # warm-up (connections, page faults)
+            for mode in ("bare", "ours"):
+                _round_trips(kind, mode, 50, socks, payloads)
+        for _ in range(rounds):
+            for kind in ("state", "frame"):
+                for mode in ("bare", "ours"):
+                    samples.setdefault(f"{kind}/{mode}", []).extend(
+                        _round_trips(kind, mode, per_round, socks, payloads)
+                    )
+        ours.close()
+        bare.close()
+        ctx.term()
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    results = {k: _percentiles(v) for k, v in samples.items()}
+    ratio = {k: results[f"{k}/ours"]["p99_ms"] / results[f"{k}/bare"]["p99_ms"] for k in ("state", "frame")}
+    summary = {
+        "overhead_ratio": max(ratio.values()),  # the worse of the two messages, ours / bare pyzmq at p99
+        "overhead_ratio_state": ratio["state"],
+        "overhead_ratio_frame_state": ratio["frame"],
+        "frame_state_p99_ms": results["frame/ours"]["p99_ms"],
+        "frame_state_p50_ms": results["frame/ours"]["p50_ms"],
+        "state_p99_ms": results["state/ours"]["p99_ms"],
+        "state_p50_ms": results["state/ours"]["p50_ms"],
+        "bare_frame_state_p99_ms": results["frame/bare"]["p99_ms"],
+        "bare_state_p99_ms": results["state/bare"]["p99_ms"],
+        "goal": "overhead_ratio <= 1.5 and frame_state_p99_ms <= 3",
+        "goal_met": max(ratio.values()) <= 1.5 and results["frame/ours"]["p99_ms"] <= 3.0,
+    }
+    for key, r in results.items():
+        log.info("%-12s p50 %.3f ms  p99 %.3f ms  (n=%d)", key, r["p50_ms"], r["p99_ms"], r["n"])
+    return {
+        "summary": summary,
+        "results": results,
+        "setup": {
+            "transport": "tcp loopback, PAIR sockets, echo in a separate process",
+            "rounds": rounds,
+            "round_trips_per_round": per_round,
+            "state_message": "state f32[21] + action f32[4] + obs-like meta",
+            "frame_message": "rgb u8[480,640,3] + state f32[21] + obs-like meta",
+            "ours": "encode on send, decode + schema validation (dtype, shape, finite) on receive, both sides",
+        },
+    }
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["serve"]:
+    serve()
