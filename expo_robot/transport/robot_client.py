@@ -2,7 +2,7 @@
 
     with RobotClient(cfg.runtime) as robot:
         spec = robot.connect(timeout_s=10)            # handshake; HandshakeError / PeerTimeoutError, never a hang
-        obs = robot.reset(seed=0)                     # step 0 of a new episode
+        obs = robot.reset(seed=0, wait_s=30)          # step 0 of a new episode
         while not (obs.terminated or obs.truncated):
             robot.send_chunk(actions, t0=obs.t + 1 / spec.fps, chunk_id=i)  # step k due at t0 + k/fps
             obs = robot.recv_obs(timeout_s=1.0)       # executed steps, in order (None on timeout)
@@ -223,15 +223,19 @@ class RobotClient:
         if not self._push.send("chunk", {"actions": actions}, meta):
             raise PeerTimeoutError(f"chunk could not be queued to {self.cmd_addr}: the driver is not reading")
 
-    def reset(self, seed: int | None = None, timeout_s: float | None = None) -> Observation:
-        """Start a new episode; returns its step-0 observation (PeerTimeoutError if none comes)."""
+    def reset(self, seed: int | None = None, wait_s: float | None = None) -> Observation | None:
+        """Ask for a new episode. Its step-0 observation then arrives through recv_obs(), in order.
+
+        wait_s: instead wait up to that long for step 0 here and return it (it is then not returned again by
+        recv_obs); EStopLatchedError if the driver refuses because the e-stop is latched, PeerTimeoutError if
+        nothing comes.
+        """
         self._require()
         before = self.latest.episode if self.latest is not None else -1
         self._cmd("reset", **({"seed": int(seed)} if seed is not None else {}))
-        timeout_s = (
-            float(timeout_s if timeout_s is not None else self.runtime.get("recv_timeout_s", 2.0)) + 10.0
-        )
-        deadline = time.monotonic() + timeout_s
+        if wait_s is None:
+            return None
+        deadline = time.monotonic() + wait_s
         while (remaining := deadline - time.monotonic()) > 0:
             obs = self._next(remaining)
             if obs is not None and obs.fresh and obs.step == 0 and obs.episode > before:
@@ -239,7 +243,7 @@ class RobotClient:
             if obs is not None and obs.safety.get("state") == "estop":
                 raise EStopLatchedError("reset refused: the e-stop is latched; call clear_estop() first")
         raise PeerTimeoutError(
-            f"no step-0 observation within {timeout_s:.1f} s after reset: is the driver alive?"
+            f"no step-0 observation within {wait_s:.1f} s after reset: is the driver alive?"
         )
 
     def estop(self, reason: str = "policy") -> None:

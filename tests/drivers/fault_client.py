@@ -19,7 +19,7 @@ def main() -> None:
     runtime = {"host": "127.0.0.1", "obs_port": obs_port, "cmd_port": cmd_port, "heartbeat_s": 0.5}
     robot = RobotClient(runtime)
     robot.connect(timeout_s=20)
-    obs = robot.reset()  # a new episode also leaves a safe state left over from the previous trial
+    obs = robot.reset(wait_s=30)  # a new episode also leaves a safe state left over from the previous trial
     actions = np.tile(np.array([0.2, 0.0, 0.0, 1.0], np.float32), (200, 1))  # 20 s at 10 Hz
     robot.send_chunk(actions, t0=obs.t + 0.1, chunk_id=chunk_id)
     print("sent", flush=True)

@@ -133,7 +133,7 @@ def fuzz(tmp_path, count: int) -> None:
         push.close()
         with RobotClient(cfg.runtime) as robot:  # still alive and serving
             robot.connect(10)
-            assert robot.reset(seed=0).step == 0
+            assert robot.reset(seed=0, wait_s=30).step == 0
     ctx.destroy(linger=0)
 
 

@@ -28,7 +28,7 @@ def test_lockstep_executes_every_due_step_in_order(tmp_path):
     with running_driver(cfg) as driver, RobotClient(cfg.runtime) as robot:
         spec = robot.connect(10)
         assert (spec.state_dim, spec.action_dim, spec.mode, spec.fps) == (21, 4, "lockstep", 10.0)
-        obs = robot.reset(seed=3)
+        obs = robot.reset(seed=3, wait_s=30)
         assert obs.step == 0 and obs.fresh and not obs.action.any()
         actions = chunk(5) * np.array([1, 1, 1, 1], np.float32)
         actions[:, 1] = np.linspace(0, 0.2, 5)
@@ -49,11 +49,21 @@ def test_lockstep_executes_every_due_step_in_order(tmp_path):
         assert late[-1].counters["steps_skipped"] == 3 and len(driver.robot.sent) == 8
 
 
+def test_reset_without_waiting_delivers_step_zero_through_recv_obs(tmp_path):
+    cfg = make_cfg(tmp_path)
+    with running_driver(cfg), RobotClient(cfg.runtime) as robot:
+        robot.connect(10)
+        first = robot.reset(seed=1, wait_s=30)
+        assert robot.reset(seed=2) is None  # the agreed form: the command only
+        obs = robot.recv_obs(5.0)
+        assert (obs.episode, obs.step, obs.fresh) == (first.episode + 1, 0, True)
+
+
 def test_realtime_newest_chunk_wins(tmp_path):
     cfg = make_cfg(tmp_path, "robot.mode=realtime", "robot.fps=20")
     with running_driver(cfg), RobotClient(cfg.runtime) as robot:
         robot.connect(10)
-        obs = robot.reset()
+        obs = robot.reset(wait_s=30)
         robot.send_chunk(chunk(100), t0=obs.t + 0.1, chunk_id=1)
         first = [robot.recv_obs(2.0) for _ in range(3)]
         assert all(o.chunk_id == 1 for o in first)
@@ -70,14 +80,14 @@ def test_episode_end_holds_until_reset(tmp_path):
     cfg = make_cfg(tmp_path, "task.max_episode_steps=3")
     with running_driver(cfg) as driver, RobotClient(cfg.runtime) as robot:
         robot.connect(10)
-        obs = robot.reset(seed=1)
+        obs = robot.reset(seed=1, wait_s=30)
         robot.send_chunk(chunk(5), t0=obs.t + 0.1, chunk_id=1)
         got = [robot.recv_obs(5.0) for _ in range(3)]
         assert got[-1].truncated and got[-1].safety["state"] == "episode_end"
         assert robot.recv_obs(0.3) is None and len(driver.robot.sent) == 3
         robot.send_chunk(chunk(5), t0=got[-1].t + 0.1, chunk_id=2)  # ignored: the episode is over
         assert robot.recv_obs(0.3) is None
-        new = robot.reset(seed=2)
+        new = robot.reset(seed=2, wait_s=30)
         assert (new.episode, new.step, new.safety["state"]) == (obs.episode + 1, 0, "ok")
 
 
@@ -85,7 +95,7 @@ def test_estop_latches_until_explicit_clear(tmp_path):
     cfg = make_cfg(tmp_path)
     with running_driver(cfg) as driver, RobotClient(cfg.runtime) as robot:
         robot.connect(10)
-        obs = robot.reset()
+        obs = robot.reset(wait_s=30)
         robot.estop("operator pressed the key")
         latest = wait_for(
             lambda: (o := robot.latest_obs(0.1)) and o.safety["state"] == "estop" and o, 3, "e-stop"
@@ -94,10 +104,10 @@ def test_estop_latches_until_explicit_clear(tmp_path):
         robot.send_chunk(chunk(3), t0=obs.t + 0.1, chunk_id=1)
         assert robot.recv_obs(0.5) is None and driver.robot.sent == []
         with pytest.raises(EStopLatchedError):
-            robot.reset(timeout_s=0.5)
+            robot.reset(wait_s=0.5)
         robot.clear_estop()
         wait_for(lambda: (o := robot.latest_obs(0.1)) and o.safety["state"] == "ok", 3, "e-stop cleared")
-        obs = robot.reset()
+        obs = robot.reset(wait_s=30)
         robot.send_chunk(chunk(2), t0=obs.t + 0.1, chunk_id=2)
         assert robot.recv_obs(3.0).step == 1 and len(driver.robot.sent) >= 1
         assert latest.safety["counters"]["estop"] == 1
@@ -108,7 +118,7 @@ def test_silent_policy_means_hold_then_safe_state(tmp_path):
     with running_driver(cfg) as driver, observer(cfg) as obs_sub:
         with RobotClient(cfg.runtime) as robot:
             robot.connect(10)
-            robot.reset()
+            robot.reset(wait_s=30)
         # the client is gone (no heartbeats): hold, then the safe state
         states = []
         deadline = time.monotonic() + 5
@@ -123,7 +133,7 @@ def test_silent_policy_means_hold_then_safe_state(tmp_path):
             cfg.runtime
         ) as robot:  # a restarted policy is picked up; a reset leaves the safe state
             robot.connect(10)
-            assert robot.reset().safety["state"] == "ok"
+            assert robot.reset(wait_s=30).safety["state"] == "ok"
 
 
 def test_late_subscriber_gets_latest_observation_while_idle(tmp_path):

@@ -63,7 +63,7 @@ def scripted_pick(state: np.ndarray, phase: dict) -> np.ndarray:
 
 
 def run_episode(robot: RobotClient, seed: int, max_steps: int = 100) -> tuple[list, list, bool]:
-    obs = robot.reset(seed=seed)
+    obs = robot.reset(seed=seed, wait_s=30)
     phase = {"name": "above"}
     states, actions = [obs.state.copy()], []
     for i in range(max_steps):
