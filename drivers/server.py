@@ -75,6 +75,9 @@ class Driver:
         self.pub: Publisher | None = None
         self.inbox: Puller | None = None
         self.ready = threading.Event()  # set once the sockets are bound and step 0 is published
+        self._estop_request: str | None = (
+            None  # set from a signal handler or another thread; acted on by the loop
+        )
 
     # ---- lifecycle ----
     def open(self) -> None:
@@ -175,6 +178,10 @@ class Driver:
         return changed
 
     def _tick(self) -> None:
+        if self._estop_request is not None:
+            reason, self._estop_request = self._estop_request, None
+            self.estop(reason)
+            self._publish(fresh=False)
         self._watch()
         executed = False
         if self.monitor.state == "ok":
@@ -297,10 +304,14 @@ class Driver:
             self._publish(fresh=False)
 
     def estop(self, reason: str) -> None:
-        """Latch the e-stop from inside the driver process (a key, a button, a signal)."""
+        """Latch the e-stop (loop thread only; from elsewhere use request_estop)."""
         self.chunk = None
         self.monitor.estop(reason)
         self.robot.hold()
+
+    def request_estop(self, reason: str) -> None:
+        """Latch the e-stop from a signal handler, a key listener or another thread: applied on the next tick."""
+        self._estop_request = reason
 
     def _reset_episode(self, seed: int | None) -> None:
         if not self.monitor.new_episode():
@@ -348,19 +359,26 @@ class Driver:
         self.last_pub = self.clock.now()
 
 
-def run_driver(cfg: Any, stop_event: threading.Event | None = None, robot: Robot | None = None) -> int:
+def run_driver(
+    cfg: Any,
+    stop_event: threading.Event | None = None,
+    robot: Robot | None = None,
+    driver: Driver | None = None,
+) -> int:
     """Run a driver until stop_event is set (in-process use: tests, the launcher). Returns an exit code."""
     stop = stop_event or threading.Event()
-    Driver(cfg, robot=robot).run(stop)
+    (driver or Driver(cfg, robot=robot)).run(stop)
     return 0
 
 
 def main(cfg: Any, words: list[str]) -> int:
-    """`expo-robot driver [overrides]`: run until SIGINT/SIGTERM, then safe state and a clean exit."""
+    """`expo-robot driver [overrides]`: run until SIGINT/SIGTERM, then safe state and a clean exit.
+    SIGUSR1 latches the e-stop (e.g. `kill -USR1 PID` from an operator's button script)."""
     from expo_robot.config import make_run_dir
 
     run_dir = make_run_dir(cfg, "driver")
     stop = threading.Event()
+    driver = Driver(cfg)
 
     def _stop(signum: int, _frame: Any) -> None:
         log.info("driver: %s received, stopping", signal.Signals(signum).name)
@@ -368,8 +386,9 @@ def main(cfg: Any, words: list[str]) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGUSR1, lambda *_: driver.request_estop("SIGUSR1 (operator)"))
     log.info("driver: run folder %s", run_dir)
-    return run_driver(cfg, stop)
+    return run_driver(cfg, stop, driver=driver)
 
 
 if __name__ == "__main__":

@@ -215,3 +215,18 @@ def test_realtime_step_selection_with_a_fake_clock(tmp_path):
         assert driver.counters["steps_skipped"] == 2 + 4  # k=2,3 then k=5..8
     finally:
         driver.close()
+
+
+@pytest.mark.timeout(120)
+def test_panda_in_real_time_paces_steps_at_the_control_rate(tmp_path):
+    cfg = make_cfg(tmp_path, "robot=sim_panda", "robot.mode=realtime")
+    with running_driver(cfg) as driver, RobotClient(cfg.runtime) as robot:
+        assert robot.connect(60).mode == "realtime"
+        obs = robot.reset(seed=0, wait_s=30)
+        robot.send_chunk(chunk(8), t0=obs.t + 0.1, chunk_id=1)
+        got = [robot.recv_obs(3.0) for _ in range(8)]
+        assert [o.step for o in got] == list(range(1, 9))
+        gaps = np.diff([o.t for o in got])
+        assert np.all(np.abs(gaps - 0.1) < 0.05), gaps  # one step per period, on the wall clock
+        assert robot.recv_obs(0.5) is None  # chunk done: hold, no further steps
+        assert driver.counters["steps_executed"] == 8

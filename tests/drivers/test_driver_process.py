@@ -16,7 +16,7 @@ from expo_robot.transport import RobotClient
 
 
 @pytest.mark.timeout(90)
-def test_cli_driver_runs_until_sigterm_then_safe_state(tmp_path):
+def test_cli_driver_estop_on_sigusr1_and_safe_state_on_sigterm(tmp_path):
     obs, cmd = free_ports(2)
     args = ["robot=fake", f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}", f"run_dir={tmp_path}"]
     cfg = load_config(args)
@@ -26,6 +26,9 @@ def test_cli_driver_runs_until_sigterm_then_safe_state(tmp_path):
         with RobotClient(cfg.runtime) as robot, observer(cfg) as sub:
             assert robot.connect(30).robot == "fake"
             wait_for(lambda: sub.recv(0.1) is not None, 10, "the observer to join")
+            proc.send_signal(signal.SIGUSR1)  # the operator's e-stop
+            wait_for(lambda: (o := robot.latest_obs(0.1)) and o.safety["state"] == "estop", 10, "the e-stop")
+            assert "SIGUSR1" in robot.latest.safety["reason"]
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
             states = []
