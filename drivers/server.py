@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from drivers.clock import Deadline, LoopStats, MonotonicClock
-from drivers.robot import Robot, make_robot
-from drivers.safety import ActionFilter, Limits, SafetyConfig, SafetyMonitor
+from drivers.robot import Robot, RobotError, make_robot
+from drivers.safety import ActionFilter, Limits, SafetyConfig, SafetyConfigError, SafetyMonitor
+from drivers.sim_env import SimUnavailableError
 from expo_robot.transport.protocol import OPS, PROTOCOL_VERSION, RobotSpec, driver_inbox
-from expo_robot.transport.sockets import CurveKeys, Publisher, Puller, address
+from expo_robot.transport.sockets import CurveKeys, Publisher, Puller, TransportError, address
 from expo_robot.transport.wire import Message
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,10 @@ class Driver:
         self.pub: Publisher | None = None
         self.inbox: Puller | None = None
         self.ready = threading.Event()  # set once the sockets are bound and step 0 is published
-        self._estop_request: str | None = (
-            None  # set from a signal handler or another thread; acted on by the loop
-        )
+        # set from a signal handler or another thread; acted on by the loop
+        self._estop_request: str | None = None
+        self.last_reasons: list[str] = []
+        self.robot_state: np.ndarray | None = None
 
     # ---- lifecycle ----
     def open(self) -> None:
@@ -116,12 +118,13 @@ class Driver:
         )  # fmt: skip
 
     def close(self) -> None:
+        """Safe state, a last observation saying so, then everything released (also after a failed open)."""
         try:
             if self.robot.is_connected:
                 self.robot.hold()
                 self.robot.safe_state()
-                self.monitor.shutdown()
-                if self.pub is not None:
+                if self.ready.is_set():
+                    self.monitor.shutdown()
                     self._publish(fresh=False)
         finally:
             self.robot.disconnect()
@@ -131,8 +134,8 @@ class Driver:
                 self.pub.close(linger_s=0.2)  # let the final safe-state observation out
 
     def run(self, stop: threading.Event) -> None:
-        self.open()
         try:
+            self.open()
             while not stop.is_set():
                 self.spin_once()
         finally:
@@ -254,7 +257,7 @@ class Driver:
         if result.terminated or result.truncated or limit:
             self.chunk = None
             self.monitor.episode_end(limit or ("terminated" if result.terminated else "truncated"))
-        self.state = result.state
+        self.robot_state = result.state
         self._publish(fresh=True)
         return True
 
@@ -319,7 +322,7 @@ class Driver:
             log.warning("driver: reset refused while the e-stop is latched; clear it first")
             self._publish(fresh=False)
             return
-        self.state = self.robot.reset(seed)
+        self.robot_state = self.robot.reset(seed)
         self.episode += 1
         self.step = 0
         self.chunk = None
@@ -341,7 +344,7 @@ class Driver:
         r = self.robot
         action = self.last_action if self.last_action is not None else np.zeros(r.action_dim, np.float32)
         safety = self.monitor.snapshot()
-        safety["reasons"] = list(getattr(self, "last_reasons", []))
+        safety["reasons"] = list(self.last_reasons)
         meta = {
             "t": self.state_time(),
             "episode": self.episode,
@@ -354,7 +357,10 @@ class Driver:
             **self.last_result,
         }
         self.pub.send(
-            "obs", {"state": np.asarray(self.state, np.float32), "action": action}, meta, stamp=self.now()
+            "obs",
+            {"state": np.asarray(self.robot_state, np.float32), "action": action},
+            meta,
+            stamp=self.now(),
         )
         self.last_pub = self.clock.now()
 
@@ -378,7 +384,11 @@ def main(cfg: Any, words: list[str]) -> int:
 
     run_dir = make_run_dir(cfg, "driver")
     stop = threading.Event()
-    driver = Driver(cfg)
+    try:
+        driver = Driver(cfg)
+    except (RobotError, DriverConfigError) as e:
+        log.error("driver: %s", e)
+        return 1
 
     def _stop(signum: int, _frame: Any) -> None:
         log.info("driver: %s received, stopping", signal.Signals(signum).name)
@@ -388,7 +398,11 @@ def main(cfg: Any, words: list[str]) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGUSR1, lambda *_: driver.request_estop("SIGUSR1 (operator)"))
     log.info("driver: run folder %s", run_dir)
-    return run_driver(cfg, stop, driver=driver)
+    try:
+        return run_driver(cfg, stop, driver=driver)
+    except (TransportError, RobotError, SimUnavailableError, SafetyConfigError, DriverConfigError) as e:
+        log.error("driver: %s", e)  # one line that says what to change; no traceback for operators
+        return 1
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ class Command:
 # Sub-commands live in their own modules; this table is the registry (no if/elif factory).
 COMMANDS: dict[str, Command] = {
     "finetune": Command(
-        "EXPO fine-tune session: driver + actor + learner (sim by default)", None, "issue #5"
+        "EXPO fine-tune session: driver + actor + learner (sim by default)",
+        "expo_robot.runtime.launcher:main",
     ),
     "eval": Command("safety-stopped evaluation of a checkpoint, with a report", None, "issue #8"),
     "pretrain": Command("imitation pretraining of the base policy on LeRobotDatasets", None, "issue #6"),
@@ -38,8 +39,10 @@ COMMANDS: dict[str, Command] = {
     "check": Command("preflight: devices, calibration, limits, ports, latency", None, "issue #7"),
     "bench": Command("benchmarks: learning | transport | policy", "expo_robot.bench:main"),
     "driver": Command("run only the robot driver process (multi-machine runs)", "drivers.server:main"),
-    "actor": Command("run only the policy process (multi-machine runs)", None, "issue #5"),
-    "learner": Command("run only the learner process (multi-machine runs)", None, "issue #5"),
+    "actor": Command("run only the policy process (multi-machine runs)", "expo_robot.runtime.actor:main"),
+    "learner": Command(
+        "run only the learner process (multi-machine runs)", "expo_robot.runtime.learner:main"
+    ),
 }
 
 
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"expo-robot {args.command}: config error: {e}", file=sys.stderr)
         return 2
+    except (ConnectionError, TimeoutError, FileNotFoundError, PermissionError) as e:
+        # Operator-facing failures (a port in use, a missing peer or file) are one line, not a traceback.
+        print(f"expo-robot {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"expo-robot {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,380 @@
+"""Policy process (actor): on-the-fly EXPO selection at control rate, episodes, rewards, transitions to the learner.
+
+    expo-robot actor runtime.host=10.0.0.5 session.env_steps=20000   # alone, next to the robot's driver
+
+Each decision: the newest observation -> `agent.act` (propose, edit, score, select) -> a chunk stamped with the time
+its first step is due (the driver skips steps already past) -> the next `replan_every` observations. Weights are
+swapped between chunks. At the end of an episode its chunk transitions (the actions the driver really executed) go
+to the learner; every batch is kept until the learner has it in a checkpoint, so a learner restarted from its
+checkpoint gets back everything it lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from expo_robot.agent import AgentSpec, make_agent
+from expo_robot.config import make_run_dir
+from expo_robot.data.chunking import chunk_transitions
+from expo_robot.observe import metrics as M
+from expo_robot.observe.metrics import MetricsLogger
+from expo_robot.observe.stats import latency_summary
+from expo_robot.runtime.messages import LEARNER_OUTBOX, unpack_state
+from expo_robot.transport.robot_client import RobotClient
+from expo_robot.transport.sockets import CurveKeys, Pusher, Subscriber, address
+
+log = logging.getLogger(__name__)
+EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes use their own seeds: the same scenes before and after
+STALL_S = 5.0  # no fresh observation for this long ends the episode (driver held by its safety layer)
+
+
+class EpisodeAborted(RuntimeError):
+    """The driver stopped stepping (safety hold, e-stop, lost driver); the episode ends as a failure."""
+
+
+@dataclass
+class EpisodeResult:
+    success: bool
+    ret: float
+    length: int
+    interventions: int
+    stop_reason: str = ""
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+class LearnerLink:
+    """The actor's view of the learner: weights, status, and transitions kept until they are safe."""
+
+    def __init__(self, cfg: DictConfig, actor_id: str):
+        curve = CurveKeys.from_config(cfg.runtime.curve)
+        self.sub = Subscriber(address(cfg.runtime, "weights"), schema=LEARNER_OUTBOX, hwm=8, curve=curve)
+        self.push = Pusher(address(cfg.runtime, "transitions"), hwm=1000, curve=curve)
+        self.actor_id, self.timeout_s = actor_id, float(cfg.session.learner_timeout_s)
+        self.status: dict = {}
+        self.seen = 0.0
+        self.weights: dict | None = None
+        self.weights_version = -1
+        self.kept: dict[int, tuple[dict, dict]] = {}  # seq -> (arrays, meta), until acked
+        self.next_seq, self.send_from = 1, 1
+
+    @property
+    def alive(self) -> bool:
+        return time.monotonic() - self.seen < self.timeout_s
+
+    def poll(self) -> None:
+        """Read everything the learner published; remember the newest weights and status."""
+        while (msg := self.sub.recv(0.0)) is not None:
+            if msg.type == "weights":
+                try:
+                    self.weights, self.weights_version = (
+                        unpack_state(msg.arrays, msg.meta),
+                        msg.meta["version"],
+                    )
+                except ValueError as e:
+                    log.error("dropped a weights message: %s", e)
+            else:
+                self._on_status(msg.meta)
+        self._send_pending()
+
+    def _on_status(self, status: dict) -> None:
+        if status["learner"] != self.status.get("learner"):
+            if self.status:
+                log.warning(
+                    "learner %s is back (was %s): resending what it lacks",
+                    status["learner"],
+                    self.status.get("learner"),
+                )
+            self.send_from = status.get("acked", {}).get(self.actor_id, 0) + 1
+        received = status.get("received", {}).get(self.actor_id, 0)
+        if time.monotonic() - self.seen > 1.0 and received + 1 < self.send_from <= self.next_seq - 1:
+            self.send_from = received + 1  # a batch went missing in flight: resend from the gap
+        self.status, self.seen = status, time.monotonic()
+        acked = status.get("acked", {}).get(self.actor_id, 0)
+        for seq in [s for s in self.kept if s <= acked]:
+            del self.kept[seq]
+
+    def submit(self, batch: dict[str, np.ndarray], env_steps: int) -> None:
+        meta = {"actor": self.actor_id, "seq": self.next_seq, "env_steps": int(env_steps)}
+        self.kept[self.next_seq] = (batch, meta)
+        self.next_seq += 1
+        self._send_pending()
+
+    def _send_pending(self) -> None:
+        while self.send_from < self.next_seq:
+            if self.send_from in self.kept and not self.push.send("transitions", *self.kept[self.send_from]):
+                return  # queue full: retry on the next poll
+            self.send_from += 1
+
+    def unreceived(self) -> int:
+        return self.next_seq - 1 - self.status.get("received", {}).get(self.actor_id, 0)
+
+    def backlog(self) -> int:
+        """Env steps received by the learner whose updates are not done yet."""
+        return int(self.status.get("env_steps", 0)) - int(self.status.get("trained_steps", 0))
+
+    def close(self) -> None:
+        self.sub.close()
+        self.push.close()
+
+
+class Actor:
+    def __init__(
+        self, cfg: DictConfig, run_dir: Path, actor_id: str | None = None, stop: threading.Event | None = None
+    ):
+        self.cfg, self.run_dir, self.stop = cfg, run_dir, stop or threading.Event()
+        self.id = actor_id or f"actor-{uuid.uuid4().hex[:6]}"
+        self.session = cfg.session
+        self.chunk = int(cfg.agent.chunk)
+        self.replan_every = int(cfg.agent.get("replan_every") or self.chunk)
+        self.gamma = float(cfg.agent.gamma)
+        self.robot = RobotClient(cfg.runtime)
+        self.link = LearnerLink(cfg, self.id)
+        self.metrics = MetricsLogger(run_dir, tensorboard=False)
+        self.env_steps = self.episodes = self.chunks_sent = 0
+        self.episode_seed = int(cfg.seed) * 100_000
+        self.robot_episode = -1  # the driver's episode counter, as last seen
+
+    # ---- set-up ----
+    def connect(self) -> None:
+        spec = self.robot.connect(timeout_s=float(self.cfg.runtime.recv_timeout_s) * 5)
+        self.dt = 1.0 / spec.fps
+        self.agent = make_agent(
+            self.cfg.agent,
+            AgentSpec(spec.state_dim, spec.action_dim, spec.action_low, spec.action_high, self.chunk),
+            device=self.cfg.device,
+            seed=int(self.cfg.seed),
+        )
+        log.info(
+            "%s: robot %s (%s, %.0f Hz); waiting for the learner's first weights",
+            self.id,
+            spec.robot,
+            spec.mode,
+            spec.fps,
+        )
+        deadline = time.monotonic() + float(self.session.first_weights_timeout_s)
+        while self.link.weights is None:
+            if self.stop.is_set() or time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"no weights from the learner at {address(self.cfg.runtime, 'weights')} within "
+                    f"{self.session.first_weights_timeout_s} s: is `expo-robot learner` running and reachable?"
+                )
+            self.link.poll()
+            time.sleep(0.05)
+        self._load_weights()
+        self.env_steps = int(self.link.status.get("env_steps", 0)) if self.session.resume else 0
+
+    def _load_weights(self) -> None:
+        if self.link.weights is not None:
+            self.agent.load_acting_state(self.link.weights)
+            self.link.weights = None
+
+    # ---- session ----
+    def run(self) -> dict:
+        self.connect()
+        summary: dict = {"actor": self.id}
+        n_eval = int(self.session.eval_episodes)
+        if n_eval:
+            summary["before"] = self.evaluate(n_eval, "before")
+        t0 = time.monotonic()
+        while self.env_steps < int(self.session.env_steps) and not self.stop.is_set():
+            self.run_episode(mode="explore", learn=True)
+        summary["online_s"] = time.monotonic() - t0
+        self._wait_for_learner_to_store()
+        if n_eval and not self.stop.is_set():
+            self.link.poll()
+            self._load_weights()
+            summary["after"] = self.evaluate(n_eval, "after")
+        summary.update(
+            env_steps=self.env_steps, episodes=self.episodes, weights_version=self.link.weights_version
+        )
+        (self.run_dir / f"{self.id}.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def evaluate(self, n: int, label: str) -> dict:
+        results = [
+            self.run_episode("eval", learn=False, seed=EVAL_SEED_OFFSET + i)
+            for i in range(n)
+            if not self.stop.is_set()
+        ]
+        successes = sum(r.success for r in results)
+        lat = latency_summary([x for r in results for x in r.latencies_ms]) if results else {}
+        self.metrics.log(
+            self.env_steps,
+            "eval",
+            **{M.EVAL_SUCCESSES: successes, M.EVAL_EPISODES: len(results), "eval/label": label},
+        )
+        stops: dict[str, int] = {}
+        for r in results:
+            if r.stop_reason:
+                stops[r.stop_reason] = stops.get(r.stop_reason, 0) + 1
+        log.info("%s eval (%s): %d/%d successes", self.id, label, successes, len(results))
+        return {
+            "successes": successes,
+            "episodes": len(results),
+            "latency_ms": lat,
+            "stops": stops,
+            "mean_length": float(np.mean([r.length for r in results])) if results else 0.0,
+        }
+
+    def run_episode(self, mode: str, learn: bool, seed: int | None = None) -> EpisodeResult:
+        if seed is None:
+            self.episode_seed += 1
+            seed = self.episode_seed
+        obs = self._reset(seed)
+        states, actions, rewards, flags = [obs.state], [], [], []
+        result = EpisodeResult(False, 0.0, 0, 0)
+        try:
+            while True:
+                self.link.poll()
+                self._load_weights()
+                if learn:
+                    self._wait_for_learner()
+                t = time.perf_counter()
+                chunk = self.agent.act(obs.state, mode=mode)
+                result.latencies_ms.append(1e3 * (time.perf_counter() - t))
+                self.robot.send_chunk(
+                    np.asarray(chunk, np.float32), t0=obs.t + self.dt, chunk_id=self.chunks_sent
+                )
+                self.chunks_sent += 1
+                for _ in range(self.replan_every):
+                    obs = self._next_obs(obs.step)
+                    states.append(obs.state)
+                    actions.append(obs.action)
+                    rewards.append(obs.reward)
+                    flags.append(obs.intervention)
+                    result.success |= bool(obs.success)
+                    if obs.terminated or obs.truncated:
+                        break
+                if obs.terminated or obs.truncated:
+                    break
+        except EpisodeAborted as e:
+            result.stop_reason = str(e)
+            log.warning("%s: episode ended early: %s", self.id, e)
+        result.length, result.ret = len(actions), float(np.sum(rewards))
+        result.interventions = int(np.sum(flags))
+        if learn:
+            self.env_steps += len(actions)
+            self.episodes += 1
+            if actions and not result.stop_reason:
+                batch = chunk_transitions(
+                    np.stack(states),
+                    np.stack(actions),
+                    np.asarray(rewards),
+                    bool(obs.terminated),
+                    self.chunk,
+                    self.gamma,
+                    stride=1,
+                    interventions=np.asarray(flags, bool),
+                )
+                self.link.submit(batch, len(actions))
+            self._log_episode(result)
+        return result
+
+    def _log_episode(self, r: EpisodeResult) -> None:
+        lat = latency_summary(r.latencies_ms) if r.latencies_ms else {}
+        self.metrics.log(
+            self.env_steps,
+            "actor",
+            **{
+                M.EPISODE_SUCCESS: float(r.success),
+                M.EPISODE_RETURN: r.ret,
+                M.EPISODE_LENGTH: r.length,
+                M.EPISODE_INTERVENTIONS: r.interventions,
+                M.POLICY_LATENCY_MS: lat.get("p50_ms", 0.0),
+                "policy/latency_p99_ms": lat.get("p99_ms", 0.0),
+                "weights/version": self.link.weights_version,
+            },
+        )
+        log.info(
+            "%s episode %d: success=%s return=%.2f length=%d env_steps=%d weights=v%d",
+            self.id,
+            self.episodes,
+            r.success,
+            r.ret,
+            r.length,
+            self.env_steps,
+            self.link.weights_version,
+        )
+
+    # ---- robot ----
+    def _reset(self, seed: int):
+        before = self.robot_episode
+        self.robot.reset(seed=seed)
+        deadline = time.monotonic() + STALL_S * 4
+        while time.monotonic() < deadline and not self.stop.is_set():
+            obs = self.robot.recv_obs(timeout_s=0.2)
+            if obs is not None and obs.step == 0 and obs.episode > before:
+                self.robot_episode = obs.episode
+                return obs
+        raise TimeoutError(
+            f"the driver did not reset within {STALL_S * 4:.0f} s: is `expo-robot driver` running?"
+        )
+
+    def _next_obs(self, last_step: int):
+        deadline = time.monotonic() + STALL_S
+        while time.monotonic() < deadline:
+            if self.stop.is_set():
+                raise EpisodeAborted("session stopped")
+            obs = self.robot.recv_obs(timeout_s=0.2)
+            if obs is None or not obs.fresh:
+                if obs is not None and obs.safety.get("state") == "estop":
+                    raise EpisodeAborted(f"e-stop: {obs.safety.get('reason', '')}")
+                continue
+            self.robot_episode = max(self.robot_episode, obs.episode)
+            if obs.step == last_step + 1:
+                return obs
+        raise EpisodeAborted(f"no step from the driver for {STALL_S:.0f} s")
+
+    # ---- learner pacing ----
+    def _wait_for_learner(self) -> None:
+        """Lock-step: let the learner catch up, so results do not depend on machine speed."""
+        if self.robot.spec.mode != "lockstep":
+            return
+        lag = int(self.session.max_policy_lag_steps)
+        while not self.stop.is_set():
+            self.link.poll()
+            if not self.link.alive:
+                if self.session.on_learner_loss == "continue":
+                    return
+                time.sleep(0.05)  # hold: no chunk is sent, the driver holds the robot
+                continue
+            if self.link.backlog() <= lag and self.link.unreceived() == 0:
+                return
+            time.sleep(0.005)
+
+    def _wait_for_learner_to_store(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.link.unreceived() > 0 and time.monotonic() < deadline:
+            self.link.poll()
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.robot.close()
+        self.link.close()
+        self.metrics.close()
+
+
+def main(cfg: DictConfig, words: list[str]) -> int:
+    """`expo-robot actor`: run episodes until the env-step budget is spent (or SIGINT/SIGTERM)."""
+    run_dir = make_run_dir(cfg, "actor")
+    torch.set_num_threads(1)  # the policy step is small; a second thread only adds jitter on 2 cores
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    actor = Actor(cfg, run_dir, cfg.get("actor_id"), stop)
+    try:
+        actor.run()
+    finally:
+        actor.close()
+    return 0

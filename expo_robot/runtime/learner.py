@@ -1,0 +1,262 @@
+"""Learner process: seeded with offline data, trains on the actors' transitions, publishes weights, checkpoints.
+
+    expo-robot learner runtime.host=0.0.0.0            # alone, e.g. on a GPU server; actors connect to it
+
+Updates are paced by data: every H env steps received earn `session.updates_per_chunk` calls of `agent.update`
+(each does the agent's UTD critic steps). Status messages (every 0.2 s) tell actors how far training has got, which
+batches are stored and which are safe in a checkpoint, so a lock-step session does not depend on machine speed and a
+restarted learner gets back every transition its checkpoint lacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from expo_robot.agent import AgentSpec, make_agent
+from expo_robot.config import make_run_dir
+from expo_robot.data.replay import ReplayBuffer
+from expo_robot.observe.metrics import BUFFER_SIZE, LEARNER_UPDATES, MetricsLogger
+from expo_robot.runtime.checkpoint import load_checkpoint, save_checkpoint
+from expo_robot.runtime.messages import TRANSITIONS, pack_state
+from expo_robot.runtime.offline import load_offline_transitions, offline_dataset_paths
+from expo_robot.transport.sockets import CurveKeys, Publisher, Puller, address
+
+log = logging.getLogger(__name__)
+STATUS_EVERY_S = 0.2
+WEIGHTS_REPEAT_S = (
+    1.0  # the newest weights are re-sent this often: late joiners and restarted actors get them
+)
+ONLINE_CAPACITY = 1_000_000
+
+
+def agent_spec(cfg: DictConfig, state_dim: int) -> AgentSpec:
+    return AgentSpec(
+        state_dim, len(cfg.robot.action_low), cfg.robot.action_low, cfg.robot.action_high, cfg.agent.chunk
+    )
+
+
+class Learner:
+    def __init__(self, cfg: DictConfig, run_dir: Path, stop: threading.Event | None = None):
+        self.cfg, self.run_dir, self.stop = cfg, run_dir, stop or threading.Event()
+        self.id = uuid.uuid4().hex[:8]
+        self.gamma = float(cfg.agent.gamma)
+        self.updates_per_step = float(cfg.session.updates_per_chunk) / int(cfg.agent.chunk)
+        self.updates = self.env_steps = 0
+        self.earned = 0.0  # updates earned by received env steps and not yet done
+        self.received: dict[str, int] = {}  # actor -> last contiguous batch seq stored
+        self.acked: dict[str, int] = {}  # actor -> last batch seq safe in a checkpoint
+        self.episodes = 0
+        self.weights_dirty, self._weights, self._weights_version = True, None, 0
+        self.metrics = MetricsLogger(run_dir)
+        self.rng = np.random.default_rng(cfg.seed)
+        self._setup_data_and_agent()
+        curve = CurveKeys.from_config(cfg.runtime.curve)
+        self.inbox = Puller(
+            address(cfg.runtime, "transitions"), schema={"transitions": TRANSITIONS}, hwm=1000, curve=curve
+        )
+        self.outbox = Publisher(address(cfg.runtime, "weights"), hwm=4, curve=curve)
+
+    # ---- set-up ----
+    def _setup_data_and_agent(self) -> None:
+        cfg = self.cfg
+        offline, self.offline_summary = load_offline_transitions(
+            offline_dataset_paths(cfg), cfg.agent.chunk, self.gamma
+        )
+        spec = agent_spec(cfg, offline["obs"].shape[1])
+        self.agent = make_agent(cfg.agent, spec, device=cfg.device, seed=cfg.seed)
+        self.offline = ReplayBuffer(
+            len(offline["obs"]) + ONLINE_CAPACITY // 10, spec.state_dim, spec.chunk, spec.action_dim
+        )
+        self.offline.add_batch(offline)
+        self.online = ReplayBuffer(ONLINE_CAPACITY, spec.state_dim, spec.chunk, spec.action_dim)
+        if cfg.session.resume:
+            self._resume(cfg.session.resume)
+        else:
+            if cfg.session.pretrained:
+                self.agent.load_state_dict(load_checkpoint(cfg.session.pretrained)["agent"])
+                log.info("base policy from %s", cfg.session.pretrained)
+            elif cfg.session.pretrain_steps > 0:
+                self._pretrain(int(cfg.session.pretrain_steps))
+
+    def _pretrain(self, steps: int) -> None:
+        log.info(
+            "pretraining the base policy by imitation: %d steps on %d transitions", steps, len(self.offline)
+        )
+        t0 = time.monotonic()
+
+        def progress(step: int, info: dict) -> None:
+            if step % max(1, steps // 10) == 0:
+                self.metrics.log(
+                    0, "learner", **{f"pretrain/{k}": v for k, v in info.items()}, **{"pretrain/step": step}
+                )
+                log.info("pretrain %d/%d %s", step, steps, {k: round(float(v), 4) for k, v in info.items()})
+
+        self.agent.pretrain(self.offline, steps, progress=progress)
+        log.info("pretraining done in %.0f s", time.monotonic() - t0)
+
+    def _resume(self, path: str) -> None:
+        state = load_checkpoint(path)
+        self.agent.load_state_dict(state["agent"])
+        self.online.load_state_dict(state["online"])
+        self.offline.load_state_dict(state["offline"])
+        c = state["counters"]
+        self.updates, self.env_steps, self.episodes = c["updates"], c["env_steps"], c["episodes"]
+        self.received = dict(c["received"])
+        self.acked = dict(self.received)
+        log.info(
+            "resumed from %s: %d updates, %d env steps, %d online transitions",
+            path,
+            self.updates,
+            self.env_steps,
+            len(self.online),
+        )
+
+    # ---- loop ----
+    def run(self) -> int:
+        last_status = last_weights = 0.0
+        log.info(
+            "learner %s ready: offline %d transitions, online %d",
+            self.id,
+            len(self.offline),
+            len(self.online),
+        )
+        while not self.stop.is_set():
+            got = self._receive(timeout_s=0.0 if self.earned >= 1 else 0.05)
+            if self.earned >= 1 and len(self.online) > 0:
+                self._update()
+            now = time.monotonic()
+            if got or now - last_status > STATUS_EVERY_S:
+                self._publish_status()
+                last_status = now
+            if self.weights_dirty or now - last_weights > WEIGHTS_REPEAT_S:
+                self._publish_weights()
+                last_weights = now
+        self.checkpoint()
+        self._publish_status()
+        self.close()
+        return 0
+
+    def _receive(self, timeout_s: float) -> bool:
+        got = False
+        msg = self.inbox.recv(timeout_s)
+        while msg is not None:
+            got |= self._store(msg)
+            msg = self.inbox.recv(0.0)
+        return got
+
+    def _store(self, msg) -> bool:
+        actor, seq = msg.meta["actor"], msg.meta["seq"]
+        if seq != self.received.get(actor, 0) + 1:  # a gap or a resend: the actor resends from our status
+            return False
+        batch = {k: np.asarray(v) for k, v in msg.arrays.items()}
+        self.online.add_batch(batch)
+        interventions = batch["intervention"]
+        if interventions.any():  # EXPO-FT: operator takeovers are offline-quality data
+            self.offline.add_batch({k: v[interventions] for k, v in batch.items()})
+        self.received[actor] = seq
+        steps = int(msg.meta["env_steps"])
+        self.env_steps += steps
+        self.earned += steps * self.updates_per_step
+        self.episodes += 1
+        self.metrics.log(
+            self.env_steps,
+            "learner",
+            **{BUFFER_SIZE: len(self.online)},
+            **{"buffer/interventions": int(interventions.sum())},
+        )
+        return True
+
+    def _update(self) -> None:
+        t0 = time.perf_counter()
+        info = self.agent.update(self.offline, self.online)
+        self.updates += 1
+        self.earned -= 1
+        s = self.cfg.session
+        if self.updates % s.weights_every == 0:
+            self.weights_dirty = True
+        if self.updates % s.checkpoint_every == 0:
+            self.checkpoint()
+        if self.updates % 10 == 0:
+            info = {k: float(v) for k, v in info.items() if np.isscalar(v) or getattr(v, "ndim", 1) == 0}
+            self.metrics.log(
+                self.env_steps,
+                "learner",
+                **info,
+                **{LEARNER_UPDATES: self.updates, "learner/update_ms": 1e3 * (time.perf_counter() - t0)},
+            )
+
+    @property
+    def trained_steps(self) -> int:
+        """Env steps whose earned updates are all done."""
+        per = self.updates_per_step
+        return int(self.env_steps - max(0.0, self.earned) / per) if per > 0 else self.env_steps
+
+    # ---- publishing ----
+    def _publish_weights(self) -> None:
+        if self.weights_dirty or self._weights is None:
+            self._weights = pack_state(self.agent.acting_state())
+            self._weights_version = self.updates
+            self.weights_dirty = False
+        arrays, meta = self._weights
+        self.outbox.send("weights", arrays, {**meta, "version": self._weights_version, "learner": self.id})
+
+    def _publish_status(self) -> None:
+        meta = {
+            "learner": self.id,
+            "updates": self.updates,
+            "env_steps": self.env_steps,
+            "trained_steps": self.trained_steps,
+            "online": len(self.online),
+            "offline": len(self.offline),
+            "received": self.received,
+            "acked": self.acked,
+        }
+        self.outbox.send("status", None, meta)
+
+    def checkpoint(self) -> Path:
+        counters = {
+            "updates": self.updates,
+            "env_steps": self.env_steps,
+            "episodes": self.episodes,
+            "received": dict(self.received),
+        }
+        state = {
+            "agent": self.agent.state_dict(),
+            "online": self.online.state_dict(),
+            "offline": self.offline.state_dict(),
+            "counters": counters,
+            "config": self.cfg_yaml(),
+        }
+        path = save_checkpoint(self.run_dir / "checkpoints" / "latest.pt", state)
+        self.acked = dict(self.received)
+        log.info("checkpoint %s (%d updates, %d online transitions)", path, self.updates, len(self.online))
+        return path
+
+    def cfg_yaml(self) -> str:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_yaml(self.cfg, resolve=True)
+
+    def close(self) -> None:
+        self.inbox.close()
+        self.outbox.close()
+        self.metrics.close()
+
+
+def main(cfg: DictConfig, words: list[str]) -> int:
+    """`expo-robot learner`: run the learner until SIGINT/SIGTERM, then checkpoint."""
+    run_dir = make_run_dir(cfg, "learner")
+    torch.set_num_threads(max(1, int(cfg.get("learner_threads", 1))))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return Learner(cfg, run_dir, stop).run()

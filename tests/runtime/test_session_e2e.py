@@ -1,0 +1,88 @@
+"""End to end: `expo-robot finetune` starts driver, learner and actor as real processes over real sockets on the
+simulated Panda in lock-step, then a resumed session continues from the checkpoint."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from expo_robot.observe.metrics import read_metrics
+from expo_robot.runtime.checkpoint import load_checkpoint
+
+TINY = [
+    "profile=demo",
+    "session.offline.episodes=4",
+    "session.pretrain_steps=30",
+    "session.eval_episodes=1",
+    "session.weights_every=5",
+    "session.checkpoint_every=50",
+    "live=off",
+]
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def finetune(tmp_path: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    obs, cmd, weights, transitions = free_ports(4)
+    args = [
+        *TINY,
+        f"run_dir={run_dir}",
+        f"session.offline.root={tmp_path / 'seed'}",
+        f"runtime.obs_port={obs}",
+        f"runtime.cmd_port={cmd}",
+        f"runtime.weights_port={weights}",
+        f"runtime.transitions_port={transitions}",
+        *extra,
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "expo_robot.cli", "finetune", *args],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**__import__("os").environ, "MUJOCO_GL": "egl"},
+    )
+
+
+@pytest.mark.timeout(900)
+def test_finetune_session_then_resume(tmp_path):
+    run1 = tmp_path / "run1"
+    out = finetune(tmp_path, run1, "session.env_steps=120")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    records = read_metrics(run1)
+    episodes = [r for r in records if r["source"] == "actor" and "episode/success" in r]
+    assert episodes, "the actor logged no episode"
+    assert max(r["weights/version"] for r in episodes) > 0, "no weights after pretraining reached the actor"
+    assert any(r["source"] == "eval" for r in records)
+    ckpt = load_checkpoint(run1)
+    c1 = ckpt["counters"]
+    assert c1["env_steps"] >= 120 and c1["updates"] > 0
+    online1 = len(ckpt["online"]["obs"])
+    assert online1 > 0
+    assert (run1 / "report.md").exists() and (run1 / "finetune.png").exists()
+    actor = json.loads((run1 / "actor-0.json").read_text())
+    assert actor["env_steps"] == c1["env_steps"], "transitions were lost between the actor and the learner"
+
+    run2 = tmp_path / "run2"
+    out = finetune(
+        tmp_path, run2, "session.env_steps=240", f"session.resume={run1}", "session.eval_episodes=0"
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    ckpt2 = load_checkpoint(run2)
+    c2 = ckpt2["counters"]
+    assert c2["env_steps"] >= 240 and c2["updates"] > c1["updates"]
+    assert c2["received"]["actor-0"] > c1["received"]["actor-0"]
+    assert len(ckpt2["online"]["obs"]) > online1  # the buffer was carried over, then grew
+    assert "resumed from" in (run2 / "learner.log").read_text()
