@@ -13,6 +13,7 @@ from driver_helpers import REPO, driver_process, free_ports, observer, wait_for
 
 from expo_robot.config import load_config
 from expo_robot.transport import RobotClient
+from expo_robot.transport.sockets import Puller
 
 
 @pytest.mark.timeout(90)
@@ -42,6 +43,22 @@ def test_cli_driver_estop_on_sigusr1_and_safe_state_on_sigterm(tmp_path):
         proc.wait()
     log = (tmp_path / "driver.log").read_text()
     assert "SIGTERM received" in log and (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.timeout(90)
+def test_cli_driver_port_in_use_is_a_one_line_error(tmp_path):
+    obs, cmd = free_ports(2)
+    args = ["robot=fake", f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}", f"run_dir={tmp_path}"]
+    with Puller(f"tcp://127.0.0.1:{obs}"):  # someone else holds the observation port
+        out = subprocess.run(
+            [sys.executable, "-m", "expo_robot.cli", "driver", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode == 1
+    assert "cannot bind" in out.stderr and "Traceback" not in out.stderr
 
 
 def scripted_pick(state: np.ndarray, phase: dict) -> np.ndarray:
