@@ -109,6 +109,7 @@ class RobotClient:
         self.spec: RobotSpec | None = None
         self.latest: Observation | None = None
         self.gaps = 0  # executed steps this client never saw (high-water mark overflow)
+        self.driver_restarts = 0
         self._sub: Subscriber | None = None
         self._push: Pusher | None = None
         self._hb: _Heartbeat | None = None
@@ -167,6 +168,8 @@ class RobotClient:
 
     def _next(self, timeout_s: float) -> Observation | None:
         msg = self._sub.recv(timeout_s)
+        if msg is not None and msg.type == "spec":
+            self._check_restart(msg)
         if msg is None or msg.type != "obs":
             return None
         obs = Observation.from_message(msg)
@@ -174,6 +177,16 @@ class RobotClient:
             self.gaps += max(0, obs.step - self.latest.step - 1)
         self.latest = obs
         return obs
+
+    def _check_restart(self, msg: Message) -> None:
+        """A new driver_id means the driver restarted: sockets reconnect by themselves; the episode is gone."""
+        driver_id = msg.meta.get("driver_id")
+        if self.spec is not None and driver_id and driver_id != self.spec.driver_id:
+            log.warning(
+                "robot driver restarted (%s -> %s): start a new episode", self.spec.driver_id, driver_id
+            )
+            self.driver_restarts += 1
+            self.spec = RobotSpec.from_meta(msg.meta)
 
     def recv_obs(self, timeout_s: float = 1.0) -> Observation | None:
         """The next observation of an executed step (in order), or None at the deadline."""
@@ -271,7 +284,7 @@ class RobotClient:
         self.close()
 
     def stats(self) -> dict:
-        out = {"gaps": self.gaps}
+        out = {"gaps": self.gaps, "driver_restarts": self.driver_restarts}
         for name, sock in (("obs", self._sub), ("cmd", self._push)):
             if sock is not None:
                 out.update({f"{name}.{k}": v for k, v in sock.stats().items()})

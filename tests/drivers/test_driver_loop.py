@@ -136,6 +136,23 @@ def test_silent_policy_means_hold_then_safe_state(tmp_path):
             assert robot.reset(wait_s=30).safety["state"] == "ok"
 
 
+@pytest.mark.timeout(60)
+def test_restarted_driver_is_picked_up_without_restarting_the_client(tmp_path):
+    cfg = make_cfg(tmp_path, "runtime.heartbeat_s=0.1")
+    with RobotClient(cfg.runtime) as robot:
+        with running_driver(cfg):
+            first = robot.connect(10).driver_id
+            robot.reset(seed=1, wait_s=30)
+        with running_driver(cfg):  # same ports, new process state
+            wait_for(
+                lambda: robot.latest_obs(0.1) is not None and robot.driver_restarts == 1, 10, "the new driver"
+            )
+            assert robot.spec.driver_id != first
+            obs = robot.reset(seed=2, wait_s=30)
+            robot.send_chunk(chunk(2), t0=obs.t + 0.1, chunk_id=1)
+            assert robot.recv_obs(5.0).step == 1
+
+
 def test_late_subscriber_gets_latest_observation_while_idle(tmp_path):
     cfg = make_cfg(tmp_path, "runtime.heartbeat_s=0.1")
     with running_driver(cfg), observer(cfg) as obs_sub:
