@@ -45,6 +45,7 @@ class ExpoAgent(BCAgent):
             alpha=torch.optim.Adam(self.temperature.parameters(), lr=a["lr"]),
         )
         self.cache = None
+        self._capacities = {0: 0, 1: 0}  # buffer sizes, for the proposal cache's slots (set by update)
         if s.get("proposal_cache_age", 0) > 0:
             self.cache = ProposalCache(s["proposal_cache_age"], s["n_backup"], self.act_dim, self.device)
 

@@ -3,7 +3,8 @@
 In-process (SimTask, no sockets). Per algorithm and seed: load the scripted-operator seed dataset, pretrain (imitation
 for the base; RLPD only fits its normaliser), then learn online for `env_steps` simulator steps with one `update()`
 per executed chunk, evaluating success every `eval_every` steps (fixed evaluation seeds, shared by all algorithms)
-and on `final_episodes` episodes at the end. Budgets can be overridden: `+bench.env_steps=2000 +bench.seeds=[0,1]`.
+and on `final_episodes` episodes at the end. Settings can be overridden: `+bench.env_steps=2000 +bench.seeds=[0,1]`
+`+bench.algorithms=[expo,expo_exact_backup] +bench.plot_name=learning_ablations.png`.
 """
 
 from __future__ import annotations
@@ -339,7 +340,8 @@ def run(cfg: DictConfig, words: list[str], results_dir: Path = Path("benchmarks/
             )
     summary = summarize(results)
     expo_costs = [r["backup_costs"] for r in results.get("expo", {}).values() if r["backup_costs"]]
-    png = results_dir / ("learning.png" if settings["profile"] != "smoke" else "learning_smoke.png")
+    default_png = "learning.png" if settings["profile"] != "smoke" else "learning_smoke.png"
+    png = results_dir / settings.get("plot_name", default_png)
     plot(results, png, f"{cfg.robot.env_id}, profile={cfg.profile}, bench={settings['profile']}")
     for name, s in summary.items():
         log.info("%-20s final %.2f  steps_to_0.8 %s  updates/s %s  env steps/s %.1f", name, s["final_success"],
