@@ -38,7 +38,6 @@ from expo_robot.transport.wire import Message
 
 log = logging.getLogger(__name__)
 MODES = ("lockstep", "realtime")
-LOCKSTEP_POLL_S = 0.002  # how long a lock-step driver with nothing due waits for commands per iteration
 
 
 class DriverConfigError(ValueError):
@@ -162,7 +161,8 @@ class Driver:
             self.loop.tick(self.clock.now())
         else:
             due = self.chunk is not None and self._due_index(self.chunk) is not None
-            self._pump(0.0 if due and self.monitor.state == "ok" else LOCKSTEP_POLL_S)
+            # nothing due: sleep in the poller (a command wakes it at once) but wake for the watchdog
+            self._pump(0.0 if due and self.monitor.state == "ok" else self.monitor.hold_after_s / 4)
         self._tick()
 
     def _pump(self, wait_s: float) -> None:
