@@ -122,9 +122,12 @@ class Robot(ABC):
         return None
 
     def hold_action(self, last_executed: np.ndarray | None) -> np.ndarray:
+        """The hold command; "keep" dims take the last executed value, or stay NaN (unknown) before any step.
+        The safety layer treats an unknown dim as "wherever the first command puts it" (no ramp on it)."""
         hold = self.hold_template.astype(np.float32).copy()
-        keep = np.isnan(hold)
-        hold[keep] = last_executed[keep] if last_executed is not None else self.action_low[keep]
+        if last_executed is not None:
+            keep = np.isnan(hold)
+            hold[keep] = last_executed[keep]
         return hold
 
     @abstractmethod

@@ -134,12 +134,20 @@ class ActionFilter:
         clamped = np.clip(a, lim.low, lim.high)
         if not np.array_equal(clamped, a):
             reasons.append("clamp")
+        self._fill_unknown(clamped)
         a = self._startup(clamped, reasons)
         if a is None:
             return None, reasons
         a = self._rate_and_box(a, ee, reasons)
         self.prev = a
         return a.astype(np.float32), reasons
+
+    def _fill_unknown(self, a: np.ndarray) -> None:
+        """Hold dims unknown at arming (NaN: e.g. an absolute gripper before its first command) take the command."""
+        for ref in (self.prev, self._anchor):
+            if ref is not None:
+                unknown = np.isnan(ref)
+                ref[unknown] = a[unknown]
 
     def _startup(self, a: np.ndarray, reasons: list[str]) -> np.ndarray | None:
         if self._anchor is None:

@@ -327,8 +327,8 @@ class Driver:
         self.step = 0
         self.chunk = None
         self.episode_t0 = self.now()
-        self.filter.arm(self.robot.hold_action(self.last_action))
-        self.last_action = None
+        self.last_action = None  # a reset moves the robot: "keep" dims (an absolute gripper) are unknown again
+        self.filter.arm(self.robot.hold_action(None))
         self.last_reasons = []
         self.last_result = {
             "reward": 0.0,

@@ -46,7 +46,7 @@ class RobotContract:
 
     def test_hold_does_not_move_or_advance(self, robot):
         robot.reset(seed=0)
-        robot.send(robot.hold_action(None))
+        robot.send(robot.hold_action((robot.action_low + robot.action_high) / 2))
         before, ee = robot.observe().copy(), robot.ee_position()
         robot.hold()
         np.testing.assert_array_equal(robot.observe(), before)
@@ -63,7 +63,7 @@ class RobotContract:
         robot.reset(seed=0)
         if robot.ee_step_m is None or robot.ee_position() is None:
             pytest.skip("no end-effector kinematics")
-        hold = robot.hold_action(None)
+        hold = robot.hold_action((robot.action_low + robot.action_high) / 2)
         for _ in range(3):
             robot.send(hold)  # let the simulated arm settle
         start = robot.ee_position()

@@ -51,6 +51,18 @@ def test_startup_ramp_and_refuse():
     assert f(np.array([0.1, 0.0, 0.0, 1.0]))[0] is not None  # a command near the hold pose is accepted
 
 
+def test_unknown_hold_dims_take_the_first_command():
+    """An absolute gripper with no known position: the first command sets it, without a ramp or rate limit."""
+    cfg = SafetyConfig(startup_max_jump=0.25, max_step_change=0.5)
+    f = ActionFilter(Limits.build(cfg, _Spec(), None), cfg)
+    f.arm(np.array([0.0, 0.0, 0.0, np.nan]))
+    action, reasons = f(np.array([0.1, 0.0, 0.0, 2.0]))
+    np.testing.assert_allclose(action, [0.1, 0.0, 0.0, 2.0], atol=1e-6)
+    assert reasons == []
+    action, _ = f(np.array([0.1, 0.0, 0.0, 0.0]))
+    assert action[3] == pytest.approx(1.5)  # known from now on: rate-limited
+
+
 def test_speed_limit_is_per_axis():
     f = make_filter(max_ee_speed_mps=0.1, startup_max_jump=10.0, max_step_change=10.0)  # 0.1 m/s = 0.4 units
     action, reasons = f(np.array([1.0, -1.0, 0.3, 1.0]), np.array([0.4, 0.0, 0.25]))
