@@ -63,8 +63,8 @@ def running_driver(cfg, robot=None, clock=None):
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     try:
-        if not driver.ready.wait(30) and not errors:
-            raise TimeoutError("driver did not become ready within 30 s")
+        if not driver.ready.wait(120) and not errors:
+            raise TimeoutError("driver did not become ready within 120 s")
         if errors:
             raise errors[0]
         yield driver
