@@ -6,7 +6,9 @@ expo-robot finetune robot=sim_so101 agent=rlpd agent.edit_scale=0.1
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +69,7 @@ def _resolve(target: str) -> Callable[..., int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack: where is it stuck?
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()

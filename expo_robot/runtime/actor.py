@@ -36,6 +36,7 @@ from expo_robot.transport.sockets import CurveKeys, Pusher, Subscriber, address
 
 log = logging.getLogger(__name__)
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes use their own seeds: the same scenes before and after
+RESEND_AFTER_S = 3.0  # the learner's count of our batches has not moved for this long: resend from its count
 STALL_S = 5.0  # no fresh observation for this long ends the episode (driver held by its safety layer)
 
 
@@ -67,6 +68,7 @@ class LearnerLink:
         self.weights_version = -1
         self.kept: dict[int, tuple[dict, dict]] = {}  # seq -> (arrays, meta), until acked
         self.next_seq, self.send_from = 1, 1
+        self._last_received, self._progress_t = 0, time.monotonic()
 
     @property
     def alive(self) -> bool:
@@ -88,6 +90,9 @@ class LearnerLink:
         self._send_pending()
 
     def _on_status(self, status: dict) -> None:
+        received = status.get("received", {}).get(self.actor_id, 0)
+        if self.next_seq == 1 and not self.kept:  # a new actor continues a resumed session's numbering
+            self.next_seq = self.send_from = received + 1
         if status["learner"] != self.status.get("learner"):
             if self.status:
                 log.warning(
@@ -96,10 +101,12 @@ class LearnerLink:
                     self.status.get("learner"),
                 )
             self.send_from = status.get("acked", {}).get(self.actor_id, 0) + 1
-        received = status.get("received", {}).get(self.actor_id, 0)
-        if time.monotonic() - self.seen > 1.0 and received + 1 < self.send_from <= self.next_seq - 1:
-            self.send_from = received + 1  # a batch went missing in flight: resend from the gap
-        self.status, self.seen = status, time.monotonic()
+        now = time.monotonic()
+        if received != self._last_received:
+            self._last_received, self._progress_t = received, now
+        elif self.send_from > received + 1 and now - self._progress_t > RESEND_AFTER_S:
+            self.send_from, self._progress_t = received + 1, now  # a batch went missing in flight: resend
+        self.status, self.seen = status, now
         acked = status.get("acked", {}).get(self.actor_id, 0)
         for seq in [s for s in self.kept if s <= acked]:
             del self.kept[seq]
@@ -349,7 +356,7 @@ class Actor:
                     return
                 time.sleep(0.05)  # hold: no chunk is sent, the driver holds the robot
                 continue
-            if self.link.backlog() <= lag and self.link.unreceived() == 0:
+            if self.link.backlog() <= lag and self.link.unreceived() <= 0:
                 return
             time.sleep(0.005)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(FileNotFoundError):
     """A checkpoint is missing or unreadable; the message names the file."""
 
 
