@@ -136,8 +136,16 @@ class LearnerLink:
 
 
 class Actor:
+    """Runs episodes on a driver. With a LearnerLink it learns (weights in, transitions out); without one it acts
+    with fixed weights (evaluation)."""
+
     def __init__(
-        self, cfg: DictConfig, run_dir: Path, actor_id: str | None = None, stop: threading.Event | None = None
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        actor_id: str | None = None,
+        stop: threading.Event | None = None,
+        learn: bool = True,
     ):
         self.cfg, self.run_dir, self.stop = cfg, run_dir, stop or threading.Event()
         self.id = actor_id or f"actor-{uuid.uuid4().hex[:6]}"
@@ -146,14 +154,16 @@ class Actor:
         self.replan_every = int(cfg.agent.get("replan_every") or self.chunk)
         self.gamma = float(cfg.agent.gamma)
         self.robot = RobotClient(cfg.runtime)
-        self.link = LearnerLink(cfg, self.id)
+        self.link = LearnerLink(cfg, self.id) if learn else None
         self.metrics = MetricsLogger(run_dir, tensorboard=False)
         self.env_steps = self.episodes = self.chunks_sent = 0
         self.episode_seed = int(cfg.seed) * 100_000
         self.robot_episode = -1  # the driver's episode counter, as last seen
 
     # ---- set-up ----
-    def connect(self) -> None:
+    def connect(self, agent_state: dict | None = None) -> None:
+        """Handshake with the driver, build the agent, then load `agent_state` (a checkpoint's) or wait for the
+        learner's first weights."""
         spec = self.robot.connect(timeout_s=float(self.cfg.runtime.recv_timeout_s) * 5)
         self.dt = 1.0 / spec.fps
         self.agent = make_agent(
@@ -162,13 +172,15 @@ class Actor:
             device=self.cfg.device,
             seed=int(self.cfg.seed),
         )
-        log.info(
-            "%s: robot %s (%s, %.0f Hz); waiting for the learner's first weights",
-            self.id,
-            spec.robot,
-            spec.mode,
-            spec.fps,
-        )
+        log.info("%s: robot %s (%s, %.0f Hz)", self.id, spec.robot, spec.mode, spec.fps)
+        if agent_state is not None:
+            self.agent.load_state_dict(agent_state)
+            return
+        self._wait_first_weights()
+        self.env_steps = int(self.link.status.get("env_steps", 0)) if self.session.resume else 0
+
+    def _wait_first_weights(self) -> None:
+        log.info("%s: waiting for the learner's first weights", self.id)
         deadline = time.monotonic() + float(self.session.first_weights_timeout_s)
         while self.link.weights is None:
             if self.stop.is_set() or time.monotonic() > deadline:
@@ -179,10 +191,9 @@ class Actor:
             self.link.poll()
             time.sleep(0.05)
         self._load_weights()
-        self.env_steps = int(self.link.status.get("env_steps", 0)) if self.session.resume else 0
 
     def _load_weights(self) -> None:
-        if self.link.weights is not None:
+        if self.link is not None and self.link.weights is not None:
             self.agent.load_acting_state(self.link.weights)
             self.link.weights = None
 
@@ -200,7 +211,7 @@ class Actor:
         self._wait_for_learner_to_store()
         if n_eval and not self.stop.is_set():
             self.link.poll()
-            self._load_weights()
+            self._load_weights()  # the newest weights, then fixed during the evaluation
             summary["after"] = self.evaluate(n_eval, "after")
         summary.update(
             env_steps=self.env_steps, episodes=self.episodes, weights_version=self.link.weights_version
@@ -243,8 +254,9 @@ class Actor:
         result = EpisodeResult(False, 0.0, 0, 0)
         try:
             while True:
-                self.link.poll()
-                self._load_weights()
+                if self.link is not None:
+                    self.link.poll()
+                    self._load_weights()
                 if learn:
                     self._wait_for_learner()
                 t = time.perf_counter()
@@ -368,7 +380,8 @@ class Actor:
 
     def close(self) -> None:
         self.robot.close()
-        self.link.close()
+        if self.link is not None:
+            self.link.close()
         self.metrics.close()
 
 

@@ -101,7 +101,12 @@ class Learner:
                 log.info("pretrain %d/%d %s", step, steps, {k: round(float(v), 4) for k, v in info.items()})
 
         self.agent.pretrain(self.offline, steps, progress=progress)
-        log.info("pretraining done in %.0f s", time.monotonic() - t0)
+        # The BC start, kept so `expo-robot eval` can compare it with the fine-tuned policy.
+        path = save_checkpoint(
+            self.run_dir / "checkpoints" / "pretrained.pt",
+            {"agent": self.agent.state_dict(), "config": self.cfg_yaml()},
+        )
+        log.info("pretraining done in %.0f s; base policy saved to %s", time.monotonic() - t0, path)
 
     def _resume(self, path: str) -> None:
         state = load_checkpoint(path)
