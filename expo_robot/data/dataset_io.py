@@ -137,6 +137,12 @@ class EpisodeWriter:
         self.durable = durable
         self._repo_id = f"local/{self.root.name}"
         self._user_keys = [k for k in features if k not in (STATE, ACTION, REWARD, DONE, TRUNCATED, *FLAGS)]
+        if self.root.is_dir() and not (self.root / "meta" / "info.json").exists():
+            if any(self.root.iterdir()):
+                raise DatasetError(
+                    f"{self.root} exists and is not a LeRobotDataset: record into a new folder"
+                )
+            self.root.rmdir()  # lerobot creates the folder itself
         if (self.root / "meta" / "info.json").exists():
             repair_dataset(self.root)
             self._ds = LeRobotDataset.resume(self._repo_id, root=self.root)
@@ -300,8 +306,10 @@ class EpisodeWriter:
 
 
 def _require_same_features(found: dict, wanted: dict, fps: int, found_fps: int, root: Path) -> None:
+    from lerobot.utils.constants import DEFAULT_FEATURES  # timestamp, frame_index, ... added by lerobot
+
     def shape_dtype(spec: dict) -> dict:
-        return {k: (v["dtype"], tuple(v["shape"])) for k, v in spec.items() if k in wanted}
+        return {k: (v["dtype"], tuple(v["shape"])) for k, v in spec.items() if k not in DEFAULT_FEATURES}
 
     if shape_dtype(found) != shape_dtype(wanted) or fps != found_fps:
         raise DatasetError(

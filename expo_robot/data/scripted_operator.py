@@ -134,7 +134,7 @@ def _so101(robot_cfg: Any, sigma: float, rng: np.random.Generator) -> Operator:
 
 
 # Bump when an operator's behaviour changes: cached seed datasets are keyed by it.
-OPERATOR_VERSION = 1
+OPERATOR_VERSION = 2
 
 # Noise that gives ~40-50% success, per task (measured: see the module docstring of tests/data/test_seed.py).
 DEFAULT_SIGMA = {

@@ -13,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,21 +63,27 @@ def ensure_seed_dataset(
     sigma: float | None,
     seed: int,
     root: str | Path = "data/seed",
+    workers: int = 1,
 ) -> Path:
-    """Path of the seed dataset for these arguments, generating it first if it is not cached yet."""
+    """Path of the seed dataset for these arguments, generating it first if it is not cached yet.
+
+    `sigma=None` takes the task's default (DEFAULT_SIGMA, ~40% success). `workers` > 1 runs the simulator in that
+    many spawned processes (the data do not depend on it; the calling script needs an `if __name__ == "__main__"`
+    guard, as for any spawned multiprocessing).
+    """
     if sigma is None:
         sigma = default_sigma(robot_cfg)
     path = Path(root) / seed_key(robot_cfg, task_cfg, episodes, sigma, seed)
     if (path / INFO_FILE).exists():
         log.info("seed data: using cached %s", path)
         return path
-    if path.exists():  # a folder without the marker is from an older, interrupted layout: rebuild it
+    if path.exists():  # a folder without the marker is an interrupted generation: rebuild it
         shutil.rmtree(path)
     tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
-        summary = generate_seed_dataset(robot_cfg, task_cfg, episodes, sigma, seed, tmp)
+        summary = generate_seed_dataset(robot_cfg, task_cfg, episodes, sigma, seed, tmp, workers)
         (tmp / INFO_FILE).write_text(json.dumps(summary, indent=2))
         try:
             tmp.rename(path)
@@ -88,33 +96,44 @@ def ensure_seed_dataset(
     return path
 
 
+@dataclass
+class SimEpisode:
+    states: np.ndarray
+    actions: np.ndarray  # executed (clipped) actions
+    rewards: np.ndarray
+    success: np.ndarray  # per frame
+    terminated: bool
+    truncated: bool
+
+
 def generate_seed_dataset(
-    robot_cfg: Any, task_cfg: Any, episodes: int, sigma: float, seed: int, out: Path
+    robot_cfg: Any,
+    task_cfg: Any,
+    episodes: int,
+    sigma: float,
+    seed: int,
+    out: Path,
+    workers: int | None = None,
 ) -> dict:
     """Record `episodes` scripted-operator episodes into a new LeRobotDataset at `out`; return a summary."""
-    task = make_sim_task(robot_cfg, task_cfg)
-    operator = make_operator(robot_cfg, sigma, np.random.default_rng(seed))
-    features = dataset_features(task.state_dim, task.action_dim)
-    max_steps = int(task_cfg.get("max_episode_steps") or 1000)
+    robot, task_plain = _plain(robot_cfg), _plain(task_cfg)
+    workers = max(1, min(int(workers), episodes))
     t0, steps, successes = time.monotonic(), 0, 0
-    # durable=False: one finalize at the end is faster, and the rename above already makes the cache atomic.
-    writer = EpisodeWriter(
-        out, fps=int(robot_cfg.get("fps", 10)), features=features, task=str(task_cfg.get("description", "")),
-        robot_type=str(robot_cfg.get("name")), durable=False,
-    )  # fmt: skip
-    try:
-        with _progress(episodes, f"seed data {robot_cfg.get('name')} sigma={sigma:g}") as advance:
-            for ep in range(episodes):
-                n, success = _record_episode(task, operator, writer, seed * 100_003 + ep, max_steps)
-                writer.end_episode()
-                steps, successes = steps + n, successes + success
-                advance(success)
+    with _episode_source(robot, task_plain, sigma, seed, episodes, workers) as (dims, source):
+        # durable=False: one finalize at the end is faster; the rename in ensure_seed_dataset makes it atomic.
+        writer = EpisodeWriter(
+            out, fps=int(robot.get("fps", 10)), features=dataset_features(*dims),
+            task=str(task_plain.get("description", "")), robot_type=str(robot.get("name")), durable=False,
+        )  # fmt: skip
+        with _progress(episodes, f"seed data {robot.get('name')} sigma={sigma:g}") as advance:
+            for ep in source:
+                _write(writer, ep)
+                steps, successes = steps + len(ep.actions), successes + bool(ep.success[-1])
+                advance(bool(ep.success[-1]))
         writer.close()
-    finally:
-        task.close()
     seconds = time.monotonic() - t0
     return {
-        "env_id": robot_cfg.get("env_id"),
+        "env_id": robot.get("env_id"),
         "episodes": episodes,
         "frames": steps,
         "sigma": sigma,
@@ -122,24 +141,79 @@ def generate_seed_dataset(
         "success_rate": successes / max(episodes, 1),
         "seconds": round(seconds, 2),
         "steps_per_s": round(steps / max(seconds, 1e-9), 1),
+        "workers": workers,
     }
 
 
-def _record_episode(task: Any, operator: Any, writer: EpisodeWriter, reset_seed: int, max_steps: int):
+@contextmanager
+def _episode_source(robot: dict, task: dict, sigma: float, seed: int, episodes: int, workers: int):
+    """((state_dim, action_dim), iterator of SimEpisode in episode order), simulated here or in worker processes."""
+    with _Simulator(robot, task, sigma, seed) as sim:
+        dims = (sim.task.state_dim, sim.task.action_dim)
+        if workers == 1:
+            yield dims, (sim.run(ep) for ep in range(episodes))
+            return
+    # Spawned (not forked) workers: MuJoCo/EGL and torch state do not survive a fork.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(robot, task, sigma, seed)) as pool:
+        yield dims, pool.imap(_run_in_worker, range(episodes))
+
+
+class _Simulator:
+    def __init__(self, robot: dict, task: dict, sigma: float, seed: int):
+        cfg_robot, cfg_task = OmegaConf.create(robot), OmegaConf.create(task)
+        self.task = make_sim_task(cfg_robot, cfg_task)
+        self.robot, self.sigma, self.seed = cfg_robot, sigma, seed
+        self.max_steps = int(cfg_task.get("max_episode_steps") or 1000)
+
+    def run(self, ep: int) -> SimEpisode:
+        # Per-episode seeds: episode `ep` is the same whichever process runs it.
+        operator = make_operator(self.robot, self.sigma, np.random.default_rng([self.seed, ep]))
+        return _simulate(self.task, operator, self.seed * 100_003 + ep, self.max_steps)
+
+    def __enter__(self) -> _Simulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.task.close()
+
+
+_WORKER_SIM: _Simulator | None = None
+
+
+def _init_worker(robot: dict, task: dict, sigma: float, seed: int) -> None:
+    global _WORKER_SIM
+    _WORKER_SIM = _Simulator(robot, task, sigma, seed)
+
+
+def _run_in_worker(ep: int) -> SimEpisode:
+    return _WORKER_SIM.run(ep)
+
+
+def _simulate(task: Any, operator: Any, reset_seed: int, max_steps: int) -> SimEpisode:
     state = task.reset(reset_seed)
     operator.reset()
+    states, actions, rewards, success = [], [], [], []
     for t in range(max_steps):
         action = operator.act(task, state)
         result = task.step(action)
-        truncated = (result.truncated or t == max_steps - 1) and not result.terminated
-        writer.add_frame(
-            state, action, result.reward, done=result.terminated or truncated, truncated=truncated,
-            success=result.success,
-        )  # fmt: skip
+        states.append(state)
+        actions.append(action)
+        rewards.append(result.reward)
+        success.append(result.success)
         state = result.state
-        if result.terminated or truncated:
-            return t + 1, bool(result.success)
-    return max_steps, False
+        if result.terminated or result.truncated or t == max_steps - 1:
+            break
+    return SimEpisode(
+        np.asarray(states, np.float32), np.asarray(actions, np.float32), np.asarray(rewards, np.float32),
+        np.asarray(success, bool), bool(result.terminated), not result.terminated,
+    )  # fmt: skip
+
+
+def _write(writer: EpisodeWriter, ep: SimEpisode) -> None:
+    for t in range(len(ep.actions)):
+        writer.add_frame(ep.states[t], ep.actions[t], float(ep.rewards[t]), success=bool(ep.success[t]))
+    writer.end_episode(truncated=ep.truncated)
 
 
 @contextmanager

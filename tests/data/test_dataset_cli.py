@@ -30,28 +30,28 @@ def _record(root, fps=10, capture_period=None, done_at=None, episodes=2, n=8):
 
 
 @pytest.mark.timeout(120)
-def test_info_and_check_of_a_good_dataset(tmp_path, capsys):
+def test_info_and_check_of_a_good_dataset(tmp_path, capfd):
     root = _record(tmp_path / "good", capture_period=0.1)
     assert main(["dataset", "info", str(root)]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert "episodes                    2" in out and "frames                      16" in out
     assert "success_rate                0.5" in out and "intervention_rate           0.25" in out
     assert "observation.state" in out and "capture_time" in out
     assert main(["dataset", "check", str(root)]) == 0
-    assert "OK" in capsys.readouterr().out
+    assert "OK" in capfd.readouterr().out
 
 
 @pytest.mark.timeout(120)
-def test_check_reports_flag_and_rate_problems(tmp_path, capsys):
+def test_check_reports_flag_and_rate_problems(tmp_path, capfd):
     root = _record(tmp_path / "bad", capture_period=0.2, done_at=3)  # recorded at 5 Hz, labelled 10 Hz
     assert main(["dataset", "check", str(root)]) == 1
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "next.done set before the last frame (frames [3])" in err
     assert "recorded at 5.00 Hz, the dataset says 10 Hz" in err
 
 
 @pytest.mark.timeout(60)
-def test_bad_usage_and_missing_dataset(tmp_path, capsys):
+def test_bad_usage_and_missing_dataset(tmp_path, capfd):
     assert main(["dataset", "frobnicate", str(tmp_path)]) == 2
     assert main(["dataset", "check", str(tmp_path / "nothing")]) == 1
-    assert "not a LeRobotDataset" in capsys.readouterr().err
+    assert "not a LeRobotDataset" in capfd.readouterr().err

@@ -73,7 +73,8 @@ def test_unknown_robot_is_a_clear_error():
 def test_seed_dataset_success_in_band_and_cached(seed_path):
     info = json.loads((seed_path / INFO_FILE).read_text())
     assert info["episodes"] == SEED_EPISODES
-    assert 0.3 <= info["success_rate"] <= 0.6, info
+    # 12 episodes only bound the rate loosely (binomial sd ~0.14); the slow test checks the 30-60% band on 60.
+    assert 0.15 <= info["success_rate"] <= 0.85, info
     episodes = load_episodes(seed_path)
     assert len(episodes) == SEED_EPISODES
     assert np.mean([e.success for e in episodes]) == pytest.approx(info["success_rate"])
