@@ -243,7 +243,7 @@ class Driver:
         self.step += 1
         if self.mode == "lockstep":
             self.vticks += 1
-        self.loop.tick(self.clock.now()) if self.mode == "lockstep" else None
+            self.loop.tick(self.clock.now())  # lock-step cadence: wall time between executed steps
         self.last_action = result.action
         self.counters["steps_executed"] += 1
         limit = self.monitor.episode_limit(self.step, self.now() - self.episode_t0)
@@ -327,7 +327,9 @@ class Driver:
         self.step = 0
         self.chunk = None
         self.episode_t0 = self.now()
-        self.last_action = None  # a reset moves the robot: "keep" dims (an absolute gripper) are unknown again
+        self.last_action = (
+            None  # a reset moves the robot: "keep" dims (an absolute gripper) are unknown again
+        )
         self.filter.arm(self.robot.hold_action(None))
         self.last_reasons = []
         self.last_result = {
