@@ -247,3 +247,34 @@ def test_panda_in_real_time_paces_steps_at_the_control_rate(tmp_path):
         assert abs(gaps.mean() - 0.1) < 0.03 and np.all(gaps > 0.02), gaps  # one step per period, wall clock
         assert robot.recv_obs(0.5) is None  # chunk done: hold, no further steps
         assert driver.counters["steps_executed"] == 8
+
+
+@pytest.mark.timeout(60)
+def test_curve_encrypted_driver_accepts_only_authorised_policies(tmp_path):
+    import zmq.auth
+
+    for name in ("server", "client", "rogue"):
+        (tmp_path / name).mkdir()
+        zmq.auth.create_certificates(tmp_path / name, name)
+    keys = {
+        "server_public_key_file": str(tmp_path / "server" / "server.key"),
+        "server_secret_key_file": str(tmp_path / "server" / "server.key_secret"),
+        "client_public_key_file": str(tmp_path / "client" / "client.key"),
+        "client_secret_key_file": str(tmp_path / "client" / "client.key_secret"),
+        "authorized_clients_dir": str(tmp_path / "client"),
+    }
+    cfg = make_cfg(tmp_path)
+    cfg.runtime.curve = (
+        keys  # what runtime.curve holds on a real deployment (each side needs only its own keys)
+    )
+    with running_driver(cfg):
+        with RobotClient(cfg.runtime) as robot:
+            assert robot.connect(10).robot == "fake"
+            assert robot.reset(seed=0, wait_s=10).step == 0
+        rogue = {**keys, "client_secret_key_file": str(tmp_path / "rogue" / "rogue.key_secret")}
+        rogue_rt = {**cfg.runtime, "curve": rogue}
+        with pytest.raises(PeerTimeoutError):
+            RobotClient(rogue_rt).connect(1.0)
+        plain_rt = {**cfg.runtime, "curve": None}
+        with pytest.raises(PeerTimeoutError):
+            RobotClient(plain_rt).connect(1.0)

@@ -63,6 +63,15 @@ def test_unknown_hold_dims_take_the_first_command():
     assert action[3] == pytest.approx(1.5)  # known from now on: rate-limited
 
 
+def test_position_limits_clamp_absolute_commands():
+    """Robots commanded in joint positions: limits from config intersect the action bounds."""
+    limits = {"low": [-0.5, -2.0, -2.0, 0.5], "high": [0.5, 2.0, 2.0, 1.5]}
+    f = make_filter(position_limits=limits, startup_max_jump=10.0, max_step_change=10.0)
+    action, reasons = f(np.array([0.9, -0.9, 0.0, 2.0]))
+    np.testing.assert_allclose(action, [0.5, -0.9, 0.0, 1.5], atol=1e-6)
+    assert "clamp" in reasons
+
+
 def test_speed_limit_is_per_axis():
     f = make_filter(max_ee_speed_mps=0.1, startup_max_jump=10.0, max_step_change=10.0)  # 0.1 m/s = 0.4 units
     action, reasons = f(np.array([1.0, -1.0, 0.3, 1.0]), np.array([0.4, 0.0, 0.25]))
