@@ -138,3 +138,48 @@ def test_writer_errors_are_raised_on_the_caller(tmp_path):
 def test_read_dataset_rejects_a_folder_that_is_not_a_dataset(tmp_path):
     with pytest.raises(DatasetError, match="not a LeRobotDataset"):
         read_dataset(tmp_path)
+
+
+@pytest.mark.timeout(120)
+def test_foreign_lerobot_dataset_maps_feature_names(tmp_path):
+    """A dataset written by lerobot itself, the way gym-hil recordings name things, loads as seed data."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from expo_robot.data.dataset_cli import check
+
+    def spec(dtype, n):
+        return {"dtype": dtype, "shape": (n,), "names": None}
+
+    features = {
+        "observation.state": spec("float32", 18),
+        "observation.environment_state": spec("float32", 3),
+        "action": spec("float32", 4),
+        "next.reward": spec("float32", 1),
+        "next.done": spec("bool", 1),
+        "complementary_info.is_intervention": spec("bool", 1),
+    }
+    ds = LeRobotDataset.create(
+        "local/foreign", fps=10, features=features, root=tmp_path / "f", use_videos=False
+    )
+    for ep, n in enumerate((5, 3)):
+        for t in range(n):
+            last = t == n - 1
+            ds.add_frame(
+                {
+                    "observation.state": np.full(18, t, np.float32),
+                    "observation.environment_state": np.full(3, -t, np.float32),
+                    "action": np.zeros(4, np.float32),
+                    "next.reward": np.array([float(last and ep == 0)], np.float32),
+                    "next.done": np.array([last]),
+                    "complementary_info.is_intervention": np.array([t == 1]),
+                    "task": "pick",
+                }
+            )
+        ds.save_episode()
+    ds.finalize()
+    first, second = load_episodes(tmp_path / "f")
+    assert first.states.shape == (5, 21) and first.states[2, -1] == -2 and first.states[2, 0] == 2
+    assert first.success and not second.success  # no success flag: a final reward of 1 means success
+    assert first.terminated and second.terminated
+    assert first.intervention.tolist() == [False, True, False, False, False]
+    assert check(tmp_path / "f").ok
