@@ -29,7 +29,9 @@ COMMANDS: dict[str, Command] = {
         "EXPO fine-tune session: driver + actor + learner (sim by default)",
         "expo_robot.runtime.launcher:main",
     ),
-    "eval": Command("safety-stopped evaluation of a checkpoint, with a report", None, "issue #8"),
+    "eval": Command(
+        "safety-stopped evaluation of a checkpoint, with a report", "expo_robot.runtime.evaluate:main"
+    ),
     "pretrain": Command("imitation pretraining of the base policy on LeRobotDatasets", None, "issue #6"),
     "teleop": Command("drive the robot with a teleop device, no recording", None, "issue #6"),
     "record": Command("record teleop demonstrations into a LeRobotDataset", None, "issue #6"),

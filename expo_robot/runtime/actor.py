@@ -52,6 +52,9 @@ class EpisodeResult:
     interventions: int
     stop_reason: str = ""
     latencies_ms: list[float] = field(default_factory=list)
+    # the driver's safety snapshot at the end (state, reason, counters), and when each step ran (loop cadence)
+    safety: dict = field(default_factory=dict)
+    step_wall: list[float] = field(default_factory=list)
 
 
 class LearnerLink:
@@ -272,6 +275,7 @@ class Actor:
                     actions.append(obs.action)
                     rewards.append(obs.reward)
                     flags.append(obs.intervention)
+                    result.step_wall.append(obs.wall)
                     result.success |= bool(obs.success)
                     if obs.terminated or obs.truncated:
                         break
@@ -280,6 +284,7 @@ class Actor:
         except EpisodeAborted as e:
             result.stop_reason = str(e)
             log.warning("%s: episode ended early: %s", self.id, e)
+        result.safety = dict((self.robot.latest or obs).safety)
         result.length, result.ret = len(actions), float(np.sum(rewards))
         result.interventions = int(np.sum(flags))
         if learn:
@@ -347,8 +352,9 @@ class Actor:
                 raise EpisodeAborted("session stopped")
             obs = self.robot.recv_obs(timeout_s=0.2)
             if obs is None or not obs.fresh:
-                if obs is not None and obs.safety.get("state") == "estop":
-                    raise EpisodeAborted(f"e-stop: {obs.safety.get('reason', '')}")
+                latest = self.robot.latest  # recv_obs returns fresh steps only; the driver's state is here
+                if latest is not None and latest.safety.get("state") in ("estop", "safe_state"):
+                    raise EpisodeAborted(f"{latest.safety['state']}: {latest.safety.get('reason', '')}")
                 continue
             self.robot_episode = max(self.robot_episode, obs.episode)
             if obs.step == last_step + 1:
