@@ -11,16 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from drivers.robot import Robot, StepResult, _vector, spec_from_config
+from drivers.robot import Robot, StepResult, config_vector, spec_from_config
 
 
 class FakeRobot(Robot):
     def __init__(self, robot_cfg: Any, task_cfg: Any | None = None):
         super().__init__()
         self.name = str(robot_cfg.get("name", "fake"))
-        self.action_low = _vector(robot_cfg.action_low, None, "robot.action_low")
+        self.action_low = config_vector(robot_cfg.action_low, None, "robot.action_low")
         self.action_dim = int(self.action_low.shape[0])
-        self.action_high = _vector(robot_cfg.action_high, self.action_dim, "robot.action_high")
+        self.action_high = config_vector(robot_cfg.action_high, self.action_dim, "robot.action_high")
         self.state_dim = int(robot_cfg.get("state_dim", 21))
         spec_from_config(self, robot_cfg, self.action_dim)
         self.start = np.asarray(robot_cfg.get("start_position", [0.4, 0.0, 0.25]), dtype=np.float64)

@@ -164,7 +164,7 @@ def make_robot(robot_cfg: Any, task_cfg: Any | None = None) -> Robot:
     return getattr(importlib.import_module(module), cls)(robot_cfg, task_cfg)
 
 
-def _vector(values: Any, n: int | None, what: str) -> np.ndarray:
+def config_vector(values: Any, n: int | None, what: str) -> np.ndarray:
     arr = np.asarray([np.nan if v is None else float(v) for v in values], dtype=np.float32)
     if n is not None and arr.shape != (n,):
         raise RobotError(f"{what} has {arr.shape[0]} entries, the robot has {n} action dims")
@@ -176,7 +176,7 @@ def spec_from_config(robot: Robot, robot_cfg: Any, action_dim: int) -> None:
     robot.fps = float(robot_cfg.get("fps", 10))
     hold = robot_cfg.get("hold_action")
     robot.hold_template = (
-        _vector(hold, action_dim, "robot.hold_action")
+        config_vector(hold, action_dim, "robot.hold_action")
         if hold is not None
         else np.zeros(action_dim, dtype=np.float32)
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from drivers.robot import Robot, RobotError, StepResult, _vector, spec_from_config
+from drivers.robot import Robot, RobotError, StepResult, config_vector, spec_from_config
 from drivers.sim_env import SimTask, make_sim_task
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,11 @@ class SimRobot(Robot):
         self.task = make_sim_task(self.robot_cfg, self.task_cfg)
         self.state_dim, self.action_dim = self.task.state_dim, self.task.action_dim
         low, high = self.robot_cfg.get("action_low"), self.robot_cfg.get("action_high")
-        self.action_low = _vector(low, self.action_dim, "robot.action_low") if low else self.task.action_low
+        self.action_low = (
+            config_vector(low, self.action_dim, "robot.action_low") if low else self.task.action_low
+        )
         self.action_high = (
-            _vector(high, self.action_dim, "robot.action_high") if high else self.task.action_high
+            config_vector(high, self.action_dim, "robot.action_high") if high else self.task.action_high
         )
         if np.any(self.action_low < self.task.action_low) or np.any(self.action_high > self.task.action_high):
             raise RobotError(
