@@ -125,7 +125,7 @@ def _open_with_lerobot(root: Path, data: DatasetSummary, report: CheckReport) ->
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     try:
-        ds = LeRobotDataset(f"local/{root.name}", root=root)
+        ds = LeRobotDataset(f"local/{root.name}", root=root, video_backend="pyav")
         frames = sum(len(e) for e in data.episodes)
         if ds.num_episodes != len(data.episodes) or ds.num_frames != frames:
             report.problems.append(

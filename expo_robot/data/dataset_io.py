@@ -55,6 +55,9 @@ ALIASES = {
     "safety_stop": ("safety_stop",),
 }
 ENV_STATE = "observation.environment_state"  # appended to observation.state when a dataset stores it apart
+# Only used for decoding, which the writer never does. Naming it stops lerobot from probing torchcodec (and logging
+# a long traceback where it cannot load) at every per-episode resume.
+_VIDEO_BACKEND = "pyav"
 
 
 class DatasetError(RuntimeError):
@@ -145,12 +148,12 @@ class EpisodeWriter:
             self.root.rmdir()  # lerobot creates the folder itself
         if (self.root / "meta" / "info.json").exists():
             repair_dataset(self.root)
-            self._ds = LeRobotDataset.resume(self._repo_id, root=self.root)
+            self._ds = LeRobotDataset.resume(self._repo_id, root=self.root, video_backend=_VIDEO_BACKEND)
             _require_same_features(self._ds.meta.features, features, self.fps, self._ds.meta.fps, self.root)
         else:
             self._ds = LeRobotDataset.create(
                 self._repo_id, fps=self.fps, features=features, root=self.root, robot_type=robot_type,
-                use_videos=True,
+                use_videos=True, video_backend=_VIDEO_BACKEND,
             )  # fmt: skip
         self._features = self._ds.meta.features
         self._has_capture_time = CAPTURE_TIME in self._features
@@ -301,7 +304,7 @@ class EpisodeWriter:
         self._ds.save_episode()
         if self.durable:  # close the files of this episode, reopen for the next one
             self._ds.finalize()
-            self._ds = LeRobotDataset.resume(self._repo_id, root=self.root)
+            self._ds = LeRobotDataset.resume(self._repo_id, root=self.root, video_backend=_VIDEO_BACKEND)
         self.saved_episodes += 1
 
 
