@@ -2,7 +2,7 @@
 
 Each operator is a closed-loop controller that solves its task every time without noise; Gaussian noise of standard
 deviation `sigma` (in action units) on every action dimension makes it fail part of the time, so the success rate of
-the seed data it records is set by `sigma` (figures in `SIGMA_FOR_SUCCESS` and tests/data/test_seed.py).
+the seed data it records is set by `sigma`: `sigma_for_success(robot_cfg, 0.4)` reads it off measured figures.
 
     op = make_operator(robot_cfg, sigma=1.0, rng=np.random.default_rng(0))
     state = task.reset(seed); op.reset()
@@ -136,7 +136,17 @@ def _so101(robot_cfg: Any, sigma: float, rng: np.random.Generator) -> Operator:
 # Bump when an operator's behaviour changes: cached seed datasets are keyed by it.
 OPERATOR_VERSION = 2
 
-# Noise that gives ~40-50% success, per task (measured: see the module docstring of tests/data/test_seed.py).
+# Measured (sigma, success rate) of each operator, episodes pooled over seeds (counts in brackets); reproduce with
+# `ensure_seed_dataset(cfg.robot, cfg.task, n, sigma, seed)`, which writes the rate to seed.json.
+SUCCESS_VS_SIGMA = {
+    # Panda pick-cube, 100-step episodes: [3], [20], [80], [80], [60]
+    "gym_hil/PandaPickCube-v0": ((0.0, 1.0), (0.5, 0.95), (0.7, 0.56), (0.85, 0.39), (1.0, 0.30)),
+    # SO-101 pick-place, 300-step episodes, fixed block/goal (the robot config does not randomise them): [10], [30],
+    # [40], [30]
+    "lerobot_env_so101/SO101PickPlace-v0": ((0.0, 1.0), (0.15, 0.83), (0.2, 0.45), (0.25, 0.10)),
+}
+
+# Noise that gives ~40% success, per task (from the table above).
 DEFAULT_SIGMA = {
     "gym_hil/PandaPickCube-v0": 0.85,
     "lerobot_env_so101/SO101PickPlace-v0": 0.2,
@@ -166,3 +176,17 @@ def default_sigma(robot_cfg: Any) -> float:
     if env_id not in DEFAULT_SIGMA:
         raise OperatorError(f"no default operator noise for {env_id}; pass sigma explicitly")
     return DEFAULT_SIGMA[env_id]
+
+
+def sigma_for_success(robot_cfg: Any, target: float) -> float:
+    """Operator noise expected to give `target` success, interpolated in the measured table (SUCCESS_VS_SIGMA)."""
+    env_id = robot_cfg.get("env_id")
+    if env_id not in SUCCESS_VS_SIGMA:
+        raise OperatorError(f"no measured success-vs-noise figures for {env_id}; pass sigma explicitly")
+    sigmas, rates = zip(*SUCCESS_VS_SIGMA[env_id], strict=True)
+    lowest, highest = min(rates), max(rates)
+    if not lowest <= target <= highest:
+        raise OperatorError(
+            f"target success {target} is outside the measured range {lowest}-{highest} for {env_id}"
+        )
+    return float(np.interp(target, rates[::-1], sigmas[::-1]))  # success falls as sigma grows
