@@ -1,0 +1,90 @@
+"""Start the session's processes (`expo-robot driver|learner|actor`) one by one, as on separate machines."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = [
+    "profile=demo",
+    "session.offline.episodes=4",
+    "session.pretrain_steps=30",
+    "session.eval_episodes=0",
+    "session.weights_every=5",
+    "session.checkpoint_every=20",
+    "session.learner_timeout_s=2.0",
+    "live=off",
+]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Processes:
+    """Processes of one test; everything still running is killed at the end."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp = tmp_path
+        self.procs: list[subprocess.Popen] = []
+        weights, transitions = free_ports(2)
+        self.learner_ports = [f"runtime.weights_port={weights}", f"runtime.transitions_port={transitions}"]
+        self.seed_root = f"session.offline.root={tmp_path / 'seed'}"
+
+    def robot_ports(self) -> list[str]:
+        obs, cmd = free_ports(2)
+        return [f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}"]
+
+    def start(self, command: str, run_dir: Path, *overrides: str) -> subprocess.Popen:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        out = (run_dir / f"{command}.out").open("ab")
+        args = [*TINY, self.seed_root, *self.learner_ports, f"run_dir={run_dir}", *overrides]
+        env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONUNBUFFERED": "1"}
+        p = subprocess.Popen(
+            [sys.executable, "-m", "expo_robot.cli", command, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self.procs.append(p)
+        return p
+
+    @staticmethod
+    def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval_s)
+        raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def processes(tmp_path):
+    procs = Processes(tmp_path)
+    yield procs
+    procs.close()

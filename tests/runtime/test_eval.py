@@ -1,0 +1,214 @@
+"""`expo-robot eval`: checkpoints load with their stored agent, episodes end with the right reason, and the command
+runs a driver, evaluates (and compares) tiny checkpoints on the simulated Panda in lock-step and writes the report."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from drivers.robot import make_robot
+from expo_robot.agent import AgentSpec, make_agent
+from expo_robot.config import load_config
+from expo_robot.runtime.actor import EVAL_SEED_OFFSET, EpisodeResult
+from expo_robot.runtime.checkpoint import save_checkpoint
+from expo_robot.runtime.evaluate import (
+    EvalError,
+    _labels,
+    checkpoint_file,
+    episode_record,
+    load_policy,
+    stop_reason,
+)
+
+FAKE_SPEC = AgentSpec(6, 4, [-1, -1, -1, 0], [1, 1, 1, 2], 4)  # no simulator needed for loading checks
+
+
+def panda_spec(cfg, chunk: int) -> AgentSpec:
+    with make_robot(cfg.robot, cfg.task) as robot:
+        return AgentSpec(robot.state_dim, robot.action_dim, robot.action_low, robot.action_high, chunk)
+
+
+def tiny_checkpoint(path: Path, agent: str = "expo", seed: int = 0, spec: AgentSpec | None = None) -> Path:
+    """An untrained agent's state in a learner-style checkpoint ({"agent", "config", "counters"})."""
+    torch.set_num_threads(1)
+    cfg = load_config([f"agent={agent}", "profile=demo", f"seed={seed}"])
+    spec = spec or panda_spec(cfg, int(cfg.agent.chunk))
+    a = make_agent(cfg.agent, spec, device="cpu", seed=seed)
+    a.norm.fit(np.random.default_rng(seed).normal(size=(64, spec.state_dim)))
+    state = {"agent": a.state_dict(), "config": OmegaConf.to_yaml(cfg, resolve=True),
+             "counters": {"updates": 7 * seed, "env_steps": 11 * seed}}  # fmt: skip
+    return save_checkpoint(path, state)
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def result(**kw) -> EpisodeResult:
+    return EpisodeResult(kw.pop("success", False), 0.0, kw.pop("length", 5), 0, **kw)
+
+
+@pytest.mark.parametrize(
+    "kw, reason",
+    [
+        ({"success": True, "safety": {"state": "episode_end", "reason": "terminated"}}, "success"),
+        ({"safety": {"state": "episode_end", "reason": "truncated"}}, "timeout"),
+        ({"safety": {"state": "episode_end", "reason": "terminated"}}, "terminated"),
+        ({"safety": {"state": "episode_end", "reason": "episode limit: 3 steps"}}, "safety:episode_limit"),
+        ({"stop_reason": "estop: e-stop: SIGUSR1", "safety": {"state": "estop"}}, "estop"),
+        ({"stop_reason": "safe_state: watchdog", "safety": {"state": "safe_state"}}, "safety:watchdog"),
+        ({"stop_reason": "no step from the driver for 5 s", "safety": {"state": "ok"}}, "stalled"),
+    ],
+)
+def test_stop_reason(kw, reason):
+    assert stop_reason(result(**kw)) == reason
+
+
+def test_a_safety_stop_is_a_failure_even_when_the_task_reported_success():
+    r = result(success=True, stop_reason="estop: e-stop: operator", safety={"state": "estop", "counters": {}})
+    rec = episode_record(r, 7, before={})
+    assert rec["stop_reason"] == "estop" and rec["success"] is False
+
+
+def test_episode_record_counts_this_episodes_safety_events():
+    r = result(
+        safety={"state": "episode_end", "reason": "truncated", "counters": {"workspace": 9, "hold": 2}}
+    )
+    rec = episode_record(r, 3, before={"workspace": 4, "hold": 2, "episode_end": 1})
+    assert rec["safety_events"] == {"workspace": 5}
+
+
+def test_checkpoint_file_resolves_a_run_folder(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", spec=FAKE_SPEC)
+    assert checkpoint_file(tmp_path / "run") == ckpt
+    assert checkpoint_file(ckpt) == ckpt
+
+
+def test_the_stored_agent_config_is_used_unless_overridden(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "a.pt", spec=FAKE_SPEC)
+    cfg = load_config(["agent=rlpd"])  # the operator's default agent differs from the checkpoint's
+    p = load_policy(cfg, ckpt, "agent", agent_overridden=False)
+    assert p.agent_cfg.name == "expo" and p.agent_cfg.profile == "demo"
+    with pytest.raises(EvalError, match="holds a ExpoAgent agent, but agent 'rlpd'"):
+        load_policy(cfg, ckpt, "agent", agent_overridden=True)
+
+
+def test_base_only_takes_the_base_weights_of_an_expo_checkpoint(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "a.pt", spec=FAKE_SPEC)
+    p = load_policy(load_config([]), ckpt, "base", agent_overridden=False)
+    assert p.agent_cfg.name == "bc" and set(p.state["modules"]) == {"norm", "base", "base_ema"}
+    make_agent(p.agent_cfg, FAKE_SPEC, device="cpu").load_state_dict(p.state)  # loads: same base config
+
+
+def test_base_only_needs_a_base_policy(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "r.pt", agent="rlpd", spec=FAKE_SPEC)
+    with pytest.raises(EvalError, match="has no base policy"):
+        load_policy(load_config([]), ckpt, "base", agent_overridden=False)
+
+
+def test_labels_are_distinct(tmp_path):
+    a = tiny_checkpoint(tmp_path / "r1" / "checkpoints" / "latest.pt", spec=FAKE_SPEC)
+    b = tiny_checkpoint(tmp_path / "r2" / "checkpoints" / "latest.pt", spec=FAKE_SPEC)
+    cfg = load_config([])
+    ps = [load_policy(cfg, a, "agent", False), load_policy(cfg, b, "agent", False)]
+    _labels(ps)
+    assert ps[0].label == "r1/latest [expo]" and ps[1].label == "r2/latest [expo]"
+    ps = [load_policy(cfg, a, "agent", False), load_policy(cfg, a, "base", False)]
+    _labels(ps)
+    assert ps[0].label == "latest [expo]" and ps[1].label == "latest [base]"
+
+
+# ---- the command, end to end ----
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory) -> Path:
+    """A fine-tune-like run folder: checkpoints/pretrained.pt (the BC start) and latest.pt, for the sim Panda."""
+    root = tmp_path_factory.mktemp("finetune")
+    spec = panda_spec(load_config(["profile=demo"]), 4)
+    tiny_checkpoint(root / "checkpoints" / "pretrained.pt", seed=0, spec=spec)
+    tiny_checkpoint(root / "checkpoints" / "latest.pt", seed=1, spec=spec)
+    return root
+
+
+def run_eval(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    obs, cmd = free_ports(2)
+    argv = [f"run_dir={run_dir}", f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}", "live=off", *args]
+    return subprocess.run(
+        [sys.executable, "-m", "expo_robot.cli", "eval", *argv],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "MUJOCO_GL": "egl"},
+    )
+
+
+def report(run_dir: Path) -> dict:
+    assert (run_dir / "eval_report.md").exists() and (run_dir / "eval.png").stat().st_size > 10_000
+    return json.loads((run_dir / "eval_report.json").read_text())
+
+
+@pytest.mark.timeout(300)
+def test_eval_compares_finetuned_with_the_bc_start_on_the_same_scenes(run_folder, tmp_path):
+    out = run_eval(
+        tmp_path / "eval",
+        f"eval.policy={run_folder}",
+        f"eval.compare={run_folder / 'checkpoints' / 'pretrained.pt'}",
+        "eval.episodes=2",
+        "task.max_episode_steps=8",
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    doc = report(tmp_path / "eval")
+    a, b = doc["result"], doc["compare"]
+    assert (a["label"], b["label"]) == ("latest [expo]", "pretrained [expo]")
+    assert a["checkpoint"].endswith("latest.pt") and b["checkpoint"].endswith("pretrained.pt")
+    for s in (a, b):
+        assert s["success"]["n"] == 2 and s["stops"] == {"timeout": 2}
+        assert s["episode_length"]["max"] == 8
+        assert s["policy_latency"]["n"] == 4  # 8 steps, a chunk of 4 per decision, 2 episodes
+        assert s["loop"]["periods"] == 14  # 7 step-to-step periods per episode
+    seeds = {label: [e["seed"] for e in eps] for label, eps in doc["episodes"].items()}
+    assert seeds["latest [expo]"] == seeds["pretrained [expo]"] == [EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + 1]
+    assert set(doc["comparison"]) >= {"difference", "difference_ci", "p_value", "significant"}
+    md = (tmp_path / "eval" / "eval_report.md").read_text()
+    assert "## Comparison" in md and "Why episodes ended" in md
+    assert not list((tmp_path / "eval" / "driver").glob("*.tmp"))
+    assert "driver: SIGTERM received" in (tmp_path / "eval" / "driver" / "driver.out").read_text()
+
+
+@pytest.mark.timeout(300)
+def test_safety_stops_are_failures_with_their_reason(run_folder, tmp_path):
+    """The safety layer's episode cap (3 steps) ends every episode before the task's (8): each is a safety stop."""
+    out = run_eval(
+        tmp_path / "eval",
+        f"eval.policy={run_folder}",
+        "eval.act=base",
+        "eval.episodes=2",
+        "task.max_episode_steps=8",
+        "safety.max_episode_steps=3",
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    doc = report(tmp_path / "eval")
+    s = doc["result"]
+    assert s["label"] == "latest [base]" and s["policy"] == "base"
+    assert s["stops"] == {"safety:episode_limit": 2} and s["safety_stops"] == 2
+    assert s["success"]["successes"] == 0 and s["episode_length"]["max"] == 3
+    assert all(e["detail"] == "episode limit: 3 steps" for e in doc["episodes"]["latest [base]"])
+
+
+@pytest.mark.timeout(120)
+def test_a_missing_checkpoint_is_one_line(tmp_path):
+    out = run_eval(tmp_path / "eval", f"eval.policy={tmp_path / 'nothing.pt'}", "eval.episodes=1")
+    assert out.returncode == 1 and "no checkpoint at" in out.stderr and "Traceback" not in out.stderr
