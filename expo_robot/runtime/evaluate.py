@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from expo_robot.agent import AgentStateError
+from expo_robot.agent import AGENTS, AgentStateError, agent_params
 from expo_robot.config import ConfigError, make_run_dir
 from expo_robot.observe import metrics as M
 from expo_robot.observe.live import LiveStatus
@@ -114,6 +114,7 @@ def load_policy(cfg: DictConfig, path: str | Path, act: str, agent_overridden: b
     state = ckpt["agent"]
     if act == "base":
         agent_cfg, state = _base_only(agent_cfg, state, file)
+    _check_agent_type(agent_cfg, state, file)
     counters = ckpt.get("counters", {})
     trained = {
         "robot": stored.robot.name if stored is not None and "robot" in stored else "unknown",
@@ -121,6 +122,17 @@ def load_policy(cfg: DictConfig, path: str | Path, act: str, agent_overridden: b
         "env_steps": counters.get("env_steps", 0),
     }
     return Policy("", act, file, agent_cfg, state, trained)
+
+
+def _check_agent_type(agent_cfg: DictConfig, state: dict, path: Path) -> None:
+    """Fail before any robot moves when the checkpoint holds another kind of agent (sizes are checked on load)."""
+    name = agent_params(agent_cfg).get("name")
+    expected = AGENTS.get(name, ":?").split(":")[1]
+    if state.get("agent") != expected:
+        raise EvalError(
+            f"{path} holds a {state.get('agent')} agent, but agent '{name}' is a {expected}: drop agent=/agent.* "
+            "overrides to use the agent stored in the checkpoint"
+        )
 
 
 def _labels(policies: list[Policy]) -> None:
@@ -187,7 +199,7 @@ class Evaluation:
     def __init__(self, cfg: DictConfig, run_dir: Path, stop: threading.Event, live: LiveStatus):
         self.cfg, self.run_dir, self.stop, self.live = cfg, run_dir, stop, live
         self.n = int(cfg.eval.episodes)
-        self.notes: list[str] = []
+        self.halted = ""  # why no further episode can run (e.g. the e-stop is latched); "" while all is well
         self.counters: dict | None = None  # the driver's safety counters after the last episode (one driver)
 
     def _actor(self, policy: Policy, index: int) -> Actor:
@@ -214,14 +226,13 @@ class Evaluation:
         latencies, periods = [], []
         try:
             for i in range(self.n):
-                if self.stop.is_set():
+                if self.stop.is_set() or self.halted:
                     break
                 before = self._counters(actor)
                 try:
                     r = actor.run_episode("eval", learn=False, seed=EVAL_SEED_OFFSET + i)
-                except TimeoutError as e:  # the driver refused or missed a reset (e.g. e-stop latched)
-                    self.notes.append(f"{policy.label}: stopped after {i} episodes: {e}")
-                    log.error("%s: %s", policy.label, e)
+                except TimeoutError as e:  # the driver refused or missed a reset
+                    self.halted = str(e)
                     break
                 if r.stop_reason == STOPPED:
                     break
@@ -230,8 +241,14 @@ class Evaluation:
                 latencies += r.latencies_ms
                 periods += _periods_ms(r.step_wall)
                 self._progress(actor, policy, episodes, latencies)
+                if r.safety.get("state") == "estop":  # latched: the driver refuses resets until it is cleared
+                    self.halted = (
+                        f"{r.safety.get('reason', 'e-stop')} (latched: clear it on the driver, run again)"
+                    )
         finally:
             actor.close()
+        if self.halted:
+            log.error("%s: evaluation ended after %d episodes: %s", policy.label, len(episodes), self.halted)
         return self._result(policy, episodes, latencies, periods)
 
     def _counters(self, actor: Actor) -> dict:
@@ -290,6 +307,8 @@ class Evaluation:
             "safety max_episode_steps": cfg.safety.max_episode_steps,
             "safety-layer events": ", ".join(f"{k} {v}" for k, v in events.items()) or "none",
         }
+        if len(episodes) < self.n:
+            config["ended early"] = self.halted or "stopped by the operator (Ctrl-C)"
         return {
             "label": policy.label,
             "policy": "base" if policy.act == "base" else policy.agent_cfg.name,
@@ -338,8 +357,10 @@ def _agent_overridden(overrides: list[str]) -> bool:
     return any(o.lstrip("+~").startswith(("agent=", "agent.")) for o in overrides)
 
 
-def evaluate(cfg: DictConfig, overrides: list[str], run_dir: Path, stop: threading.Event) -> Path | None:
-    """Evaluate eval.policy (and eval.compare) and write the report; returns the report's path."""
+def evaluate(
+    cfg: DictConfig, overrides: list[str], run_dir: Path, stop: threading.Event
+) -> tuple[Path | None, str]:
+    """Evaluate eval.policy (and eval.compare), write the report. Returns (report or None, why it ended early)."""
     ev = cfg.eval
     if not ev.policy:
         raise ConfigError("no policy to evaluate: give eval.policy=<checkpoint .pt or run folder>")
@@ -357,19 +378,20 @@ def evaluate(cfg: DictConfig, overrides: list[str], run_dir: Path, stop: threadi
         with LiveStatus(cfg.get("live", "auto"), title="eval") as live:
             evaluation = Evaluation(cfg, run_dir, stop, live)
             for i, p in enumerate(policies):
-                results.append(evaluation.run_policy(p, i))
+                if not (stop.is_set() or evaluation.halted):
+                    results.append(evaluation.run_policy(p, i))
     finally:
         if launcher is not None:
             launcher.stop_all()  # the robot goes to its safe state first thing
-    empty = [r["label"] for r in results if not r["episodes"]]
-    if len(results) < len(policies) or empty:
+    ended_early = evaluation.halted or ("stopped by the operator" if stop.is_set() else "")
+    done = [r for r in results if r["episodes"]]
+    if not done:
         if stop.is_set():
-            log.warning("stopped before every policy had an episode: no report")
-            return None
-        raise ConnectionError(
-            f"no episode finished for {empty}: {'; '.join(evaluation.notes) or 'see the log'}"
-        )
-    return write_eval_report(run_dir, results[0], results[1] if len(results) > 1 else None)
+            return None, ended_early
+        raise ConnectionError(f"no evaluation episode finished: {ended_early or 'see the log'}")
+    if len(done) < len(policies):
+        log.warning("only %s has episodes: the report shows it alone", done[0]["label"])
+    return write_eval_report(run_dir, done[0], done[1] if len(done) > 1 else None), ended_early
 
 
 def main(cfg: DictConfig, words: list[str], overrides: list[str] | None = None) -> int:
@@ -383,7 +405,9 @@ def main(cfg: DictConfig, words: list[str], overrides: list[str] | None = None) 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"run folder: {run_dir}")
-    report = evaluate(cfg, overrides, run_dir, stop)
+    report, ended_early = evaluate(cfg, overrides, run_dir, stop)
     if report is not None:
         print(f"report: {report}\nplot:   {run_dir / EVAL_PLOT}")
-    return 130 if stop.is_set() else 0
+    if ended_early:
+        print(f"ended early: {ended_early}", file=sys.stderr)
+    return 130 if stop.is_set() else 1 if ended_early else 0

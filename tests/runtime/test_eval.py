@@ -1,10 +1,13 @@
 """`expo-robot eval`: checkpoints load with their stored agent, episodes end with the right reason, and the command
 runs a driver, evaluates (and compares) tiny checkpoints on the simulated Panda in lock-step and writes the report."""
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +16,17 @@ import torch
 from omegaconf import OmegaConf
 
 from drivers.robot import make_robot
+from drivers.server import Driver, run_driver
 from expo_robot.agent import AgentSpec, make_agent
 from expo_robot.config import load_config
 from expo_robot.runtime.actor import EVAL_SEED_OFFSET, EpisodeResult
-from expo_robot.runtime.checkpoint import save_checkpoint
+from expo_robot.runtime.checkpoint import CheckpointError, save_checkpoint
 from expo_robot.runtime.evaluate import (
     EvalError,
     _labels,
     checkpoint_file,
     episode_record,
+    evaluate,
     load_policy,
     stop_reason,
 )
@@ -188,27 +193,78 @@ def test_eval_compares_finetuned_with_the_bc_start_on_the_same_scenes(run_folder
     assert "driver: SIGTERM received" in (tmp_path / "eval" / "driver" / "driver.out").read_text()
 
 
-@pytest.mark.timeout(300)
+@contextlib.contextmanager
+def driver_thread(cfg):
+    """The simulated robot's driver in this process (eval.start_driver=false), stopped into its safe state after."""
+    stop = threading.Event()
+    driver = Driver(cfg)
+    thread = threading.Thread(target=run_driver, args=(cfg, stop), kwargs={"driver": driver}, daemon=True)
+    thread.start()
+    try:
+        yield driver
+    finally:
+        stop.set()
+        thread.join(30)
+        assert not thread.is_alive(), "the driver thread did not stop"
+
+
+def in_process_cfg(run_folder: Path, *overrides: str):
+    obs, cmd = free_ports(2)
+    return load_config(
+        [
+            f"eval.policy={run_folder}",
+            "eval.start_driver=false",
+            "eval.driver_start_timeout_s=60",
+            "live=off",
+            f"runtime.obs_port={obs}",
+            f"runtime.cmd_port={cmd}",
+            *overrides,
+        ]
+    )
+
+
+@pytest.mark.timeout(180)
 def test_safety_stops_are_failures_with_their_reason(run_folder, tmp_path):
     """The safety layer's episode cap (3 steps) ends every episode before the task's (8): each is a safety stop."""
-    out = run_eval(
-        tmp_path / "eval",
-        f"eval.policy={run_folder}",
-        "eval.act=base",
-        "eval.episodes=2",
-        "task.max_episode_steps=8",
-        "safety.max_episode_steps=3",
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    doc = report(tmp_path / "eval")
+    over = ["eval.act=base", "eval.episodes=2", "task.max_episode_steps=8", "safety.max_episode_steps=3"]
+    cfg = in_process_cfg(run_folder, *over)
+    with driver_thread(cfg):
+        evaluate(cfg, over, tmp_path, threading.Event())
+    doc = report(tmp_path)
     s = doc["result"]
     assert s["label"] == "latest [base]" and s["policy"] == "base"
     assert s["stops"] == {"safety:episode_limit": 2} and s["safety_stops"] == 2
     assert s["success"]["successes"] == 0 and s["episode_length"]["max"] == 3
     assert all(e["detail"] == "episode limit: 3 steps" for e in doc["episodes"]["latest [base]"])
+    assert "| safety stops (incl. e-stop) | 2 |" in (tmp_path / "eval_report.md").read_text()
 
 
-@pytest.mark.timeout(120)
-def test_a_missing_checkpoint_is_one_line(tmp_path):
-    out = run_eval(tmp_path / "eval", f"eval.policy={tmp_path / 'nothing.pt'}", "eval.episodes=1")
-    assert out.returncode == 1 and "no checkpoint at" in out.stderr and "Traceback" not in out.stderr
+@pytest.mark.timeout(180)
+def test_an_estop_ends_the_episode_as_a_failure_and_the_evaluation(run_folder, tmp_path):
+    """An operator e-stop mid-episode: that episode fails with 'estop'; the latched e-stop refuses the next reset,
+    so the evaluation ends early (with a note) and reports what it has."""
+    over = ["eval.episodes=2", "task.max_episode_steps=500", "safety.max_episode_steps=500"]
+    cfg = in_process_cfg(run_folder, *over)
+    with driver_thread(cfg) as driver:
+
+        def press_estop_at_step_5():
+            deadline = time.monotonic() + 60
+            while driver.step < 5 and time.monotonic() < deadline:
+                time.sleep(0.002)
+            driver.request_estop("test operator")
+
+        threading.Thread(target=press_estop_at_step_5, daemon=True).start()
+        t0 = time.monotonic()
+        _, ended_early = evaluate(cfg, over, tmp_path, threading.Event())
+    assert time.monotonic() - t0 < 15, "an e-stop must end the episode at once, not after a stall timeout"
+    doc = report(tmp_path)
+    (ep,) = doc["episodes"]["latest [expo]"]
+    assert ep["stop_reason"] == "estop" and not ep["success"] and "test operator" in ep["detail"]
+    assert doc["result"]["safety_stops"] == 1
+    assert "latched" in ended_early and "latched" in doc["result"]["config"]["ended early"]
+
+
+def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
+    cfg = load_config([f"eval.policy={tmp_path / 'nothing.pt'}"])
+    with pytest.raises(CheckpointError, match=r"no checkpoint at .*nothing\.pt"):
+        evaluate(cfg, [], tmp_path, threading.Event())
