@@ -153,7 +153,11 @@ class Robot(ABC):
 
 
 # type (configs/robot/*.yaml `type:`) -> "module:Class(robot_cfg, task_cfg)". A registry, not an if/elif.
-ROBOT_TYPES = {"sim": "drivers.sim_robot:SimRobot", "fake": "drivers.fake_robot:FakeRobot"}
+ROBOT_TYPES = {
+    "sim": "drivers.sim_robot:SimRobot",
+    "fake": "drivers.fake_robot:FakeRobot",
+    "lerobot_arm": "drivers.lerobot_arm:LerobotArm",  # any lerobot robot: configs/robot/so101.yaml, koch.yaml
+}
 
 
 def make_robot(robot_cfg: Any, task_cfg: Any | None = None) -> Robot:
