@@ -58,6 +58,50 @@ def test_kill_mid_episode_keeps_earlier_episodes(tmp_path):
     assert [len(e) for e in load_episodes(root)] == [20, 20, 20]
 
 
+@pytest.mark.timeout(120)
+def test_state_left_by_a_kill_inside_a_save_is_repaired(tmp_path):
+    """In-process twin of the test below: lerobot's save_episode has run (an open data file without its parquet
+    footer, info.json already counting the episode) and nothing else will, exactly as if the process died there."""
+    import numpy as np
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from expo_robot.data.dataset_io import EpisodeWriter, dataset_features
+
+    root = tmp_path / "ds"
+    with EpisodeWriter(root, fps=30, features=dataset_features(3, 2), task="t") as writer:
+        for _ in range(2):
+            for _ in range(20):
+                writer.add_frame(np.zeros(3), np.zeros(2), 0.0)
+            writer.end_episode()
+    frozen = LeRobotDataset.resume("local/ds", root=root, video_backend="pyav")
+    for t in range(20):
+        frozen.add_frame(_lerobot_frame(last=t == 19))
+    frozen.save_episode()  # the process "dies" here: no finalize
+    report = check(root)
+    assert not report.ok and any("repair" in p for p in report.problems), report.problems
+    with pytest.raises(DatasetError, match="dataset repair"):
+        load_episodes(root)
+    assert repair_dataset(root)
+    assert check(root).ok
+    assert [len(e) for e in load_episodes(root)] == [20, 20]
+    del frozen
+
+
+def _lerobot_frame(last: bool) -> dict:
+    import numpy as np
+
+    flags = {f: np.array([False]) for f in ("next.truncated", "intervention", "success", "safety_stop")}
+    return {
+        "observation.state": np.zeros(3, np.float32),
+        "action": np.zeros(2, np.float32),
+        "next.reward": np.zeros(1, np.float32),
+        "next.done": np.array([last]),
+        "task": "t",
+        **flags,
+    }
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_kill_inside_a_save_is_repaired(tmp_path):
     """The worst moment: lerobot has written the 3rd episode's data file (no footer yet) and info.json."""
