@@ -139,7 +139,6 @@ class EpisodeWriter:
         self.task = task
         self.durable = durable
         self._repo_id = f"local/{self.root.name}"
-        self._user_keys = [k for k in features if k not in (STATE, ACTION, REWARD, DONE, TRUNCATED, *FLAGS)]
         if self.root.is_dir() and not (self.root / "meta" / "info.json").exists():
             if any(self.root.iterdir()):
                 raise DatasetError(
