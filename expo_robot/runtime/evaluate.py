@@ -109,8 +109,8 @@ def load_policy(cfg: DictConfig, path: str | Path, act: str, agent_overridden: b
         raise CheckpointError(
             f"{file} holds no agent state (keys: {sorted(ckpt)}); is it a learner checkpoint?"
         )
-    stored = _stored_config(ckpt, file) if not agent_overridden else None
-    agent_cfg = cfg.agent if stored is None else stored.agent
+    stored = _stored_config(ckpt, file) if not agent_overridden or ckpt.get("config") else None
+    agent_cfg = cfg.agent if agent_overridden else stored.agent
     state = ckpt["agent"]
     if act == "base":
         agent_cfg, state = _base_only(agent_cfg, state, file)
@@ -118,6 +118,9 @@ def load_policy(cfg: DictConfig, path: str | Path, act: str, agent_overridden: b
     counters = ckpt.get("counters", {})
     trained = {
         "robot": stored.robot.name if stored is not None and "robot" in stored else "unknown",
+        "agent": f"{stored.agent.name}, profile {stored.agent.get('profile')}"
+        if stored is not None
+        else "unknown",
         "updates": counters.get("updates", state.get("counters", {}).get("updates", 0)),
         "env_steps": counters.get("env_steps", 0),
     }
@@ -215,7 +218,8 @@ class Evaluation:
                 raise  # not a load failure (e.g. a handshake error): as it is
             raise EvalError(
                 f"{policy.path} does not fit agent '{policy.agent_cfg.get('name')}' on robot "
-                f"{self.cfg.robot.name} (trained on {policy.trained['robot']}): {str(e).splitlines()[0]}. "
+                f"{self.cfg.robot.name} (trained on {policy.trained['robot']} with agent {policy.trained['agent']}): "
+                f"{' '.join(str(e).split())[:300]}. "
                 "Evaluate on the robot it was trained on, and drop agent=/agent.* overrides to use its stored agent"
             ) from e
         return actor

@@ -268,3 +268,20 @@ def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
     cfg = load_config([f"eval.policy={tmp_path / 'nothing.pt'}"])
     with pytest.raises(CheckpointError, match=r"no checkpoint at .*nothing\.pt"):
         evaluate(cfg, [], tmp_path, threading.Event())
+
+
+@pytest.mark.timeout(180)
+def test_an_agent_override_that_does_not_fit_the_checkpoint_is_a_clear_error(run_folder, tmp_path):
+    over = [
+        "eval.episodes=1",
+        "agent=expo",
+    ]  # profile cpu (the default): wider networks than the demo profile's
+    cfg = in_process_cfg(run_folder, *over)
+    with (
+        driver_thread(cfg),
+        pytest.raises(
+            EvalError,
+            match=r"does not fit agent 'expo'.*with agent expo, profile demo.*size mismatch.*drop agent=",
+        ),
+    ):
+        evaluate(cfg, over, tmp_path, threading.Event())
