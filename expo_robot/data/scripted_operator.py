@@ -139,8 +139,8 @@ OPERATOR_VERSION = 2
 # Measured (sigma, success rate) of each operator, episodes pooled over seeds (counts in brackets); reproduce with
 # `ensure_seed_dataset(cfg.robot, cfg.task, n, sigma, seed)`, which writes the rate to seed.json.
 SUCCESS_VS_SIGMA = {
-    # Panda pick-cube, 100-step episodes: [3], [20], [80], [80], [60]
-    "gym_hil/PandaPickCube-v0": ((0.0, 1.0), (0.5, 0.95), (0.7, 0.56), (0.85, 0.39), (1.0, 0.30)),
+    # Panda pick-cube, 100-step episodes: [3], [20], [80], [80], [100]
+    "gym_hil/PandaPickCube-v0": ((0.0, 1.0), (0.5, 0.95), (0.7, 0.56), (0.85, 0.39), (1.0, 0.28)),
     # SO-101 pick-place, 300-step episodes, fixed block/goal (the robot config does not randomise them): [10], [30],
     # [40], [30]
     "lerobot_env_so101/SO101PickPlace-v0": ((0.0, 1.0), (0.15, 0.83), (0.2, 0.45), (0.25, 0.10)),
