@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	@touch $(STAMP)
 
 demo: setup
-	.venv/bin/expo-robot finetune profile=demo
+	.venv/bin/expo-robot finetune session=demo profile=demo
 
 test: setup lint
 	.venv/bin/python -m pytest

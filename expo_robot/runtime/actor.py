@@ -253,8 +253,9 @@ class Actor:
             self.episode_seed += 1
             seed = self.episode_seed
         obs = self._reset(seed)
-        states, actions, rewards, flags = [obs.state], [], [], []
+        states, actions, rewards, flags, stamps = [obs.state], [], [], [], [obs.stamp]
         result = EpisodeResult(False, 0.0, 0, 0)
+        self.last_loop = obs.loop
         try:
             while True:
                 if self.link is not None:
@@ -275,6 +276,8 @@ class Actor:
                     actions.append(obs.action)
                     rewards.append(obs.reward)
                     flags.append(obs.intervention)
+                    stamps.append(obs.stamp)
+                    self.last_loop = obs.loop
                     result.step_wall.append(obs.wall)
                     result.success |= bool(obs.success)
                     if obs.terminated or obs.truncated:
@@ -303,6 +306,11 @@ class Actor:
                 )
                 self.link.submit(batch, len(actions))
             self._log_episode(result)
+        for ms in result.latencies_ms:  # one record per decision: the latency histogram and percentiles
+            self.metrics.log(self.env_steps, "actor", **{M.POLICY_LATENCY_MS: ms})
+        if self.robot.spec.mode == "realtime" and len(stamps) > 1:
+            for period in np.diff(stamps):  # the driver's tick-to-tick periods, as it stamped them
+                self.metrics.log(self.env_steps, "driver", **{M.LOOP_PERIOD_MS: 1e3 * float(period)})
         return result
 
     def _log_episode(self, r: EpisodeResult) -> None:
@@ -315,8 +323,9 @@ class Actor:
                 M.EPISODE_RETURN: r.ret,
                 M.EPISODE_LENGTH: r.length,
                 M.EPISODE_INTERVENTIONS: r.interventions,
-                M.POLICY_LATENCY_MS: lat.get("p50_ms", 0.0),
                 "policy/latency_p99_ms": lat.get("p99_ms", 0.0),
+                # The driver's own loop cadence since it started (meaningful in real-time mode).
+                **{f"driver/{k}": v for k, v in (self.last_loop or {}).items() if isinstance(v, int | float)},
                 "weights/version": self.link.weights_version,
             },
         )

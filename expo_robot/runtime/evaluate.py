@@ -326,10 +326,14 @@ class Evaluation:
 
 
 # ---- the driver ----
-def _wait_for_driver(cfg: DictConfig, launcher: Launcher | None, timeout_s: float) -> None:
+def _wait_for_driver(
+    cfg: DictConfig, launcher: Launcher | None, timeout_s: float, stop: threading.Event
+) -> None:
     """Until the driver answers a handshake; fails at once if its process exits (the log says why)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if stop.is_set():
+            raise KeyboardInterrupt  # Ctrl-C while the driver starts: the caller stops it
         proc = launcher.procs["driver"] if launcher is not None else None
         if proc is not None and proc.popen.poll() is not None:
             raise ConnectionError(f"the driver exited with code {proc.popen.returncode}; see {proc.log_path}")
@@ -378,7 +382,7 @@ def evaluate(
     launcher = _start_driver(cfg, overrides, run_dir)
     results = []
     try:
-        _wait_for_driver(cfg, launcher, float(ev.driver_start_timeout_s))
+        _wait_for_driver(cfg, launcher, float(ev.driver_start_timeout_s), stop)
         with LiveStatus(cfg.get("live", "auto"), title="eval") as live:
             evaluation = Evaluation(cfg, run_dir, stop, live)
             for i, p in enumerate(policies):

@@ -1,0 +1,166 @@
+"""`expo-robot bench policy [quick|full]`: policy-step latency and real-time loop cadence.
+
+Policy step = what the actor does per decision: decode the observation message, `agent.act` (propose, edit, score,
+select), encode the chunk message. Measured idle, then with a learner training in another process on the same CPU
+(the fine-tune session's situation on a 2-core machine), and on the GPU when there is one. Then a real-time session
+(`expo-robot finetune robot.mode=realtime robot.fps=50`) whose driver reports its loop cadence: overruns are ticks
+that came more than a period late.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from expo_robot.agent import AgentSpec, make_agent
+from expo_robot.data.replay import ReplayBuffer
+from expo_robot.observe.metrics import LOOP_PERIOD_MS, read_metrics
+from expo_robot.observe.stats import latency_summary, period_summary
+from expo_robot.transport.protocol import obs_schema
+from expo_robot.transport.wire import decode, encode
+
+PROFILES = {"quick": {"steps": 1000, "realtime_s": 60}, "full": {"steps": 5000, "realtime_s": 600}}
+STATE_DIM = 21  # the default robot (gym-hil Panda): 18 robot values + 3 cube position
+
+
+def _agent(cfg: DictConfig, device: str):
+    spec = AgentSpec(
+        STATE_DIM, len(cfg.robot.action_low), cfg.robot.action_low, cfg.robot.action_high, cfg.agent.chunk
+    )
+    return make_agent(cfg.agent, spec, device=device, seed=0), spec
+
+
+def _filled_buffer(spec: AgentSpec, n: int = 2048) -> ReplayBuffer:
+    rng = np.random.default_rng(0)
+    buf = ReplayBuffer(n, spec.state_dim, spec.chunk, spec.action_dim)
+    low, high = np.asarray(spec.action_low), np.asarray(spec.action_high)
+    buf.add_batch({
+        "obs": rng.normal(size=(n, spec.state_dim)).astype(np.float32),
+        "actions": rng.uniform(low, high, size=(n, spec.chunk, spec.action_dim)).astype(np.float32),
+        "reward": rng.uniform(size=n).astype(np.float32),
+        "next_obs": rng.normal(size=(n, spec.state_dim)).astype(np.float32),
+        "discount": np.full(n, 0.96, np.float32),
+        "steps": np.full(n, spec.chunk),
+    })  # fmt: skip
+    return buf
+
+
+def time_policy_steps(agent, spec: AgentSpec, steps: int) -> list[float]:
+    """Milliseconds per decision: observation message in -> chunk message out."""
+    rng = np.random.default_rng(1)
+    schema = obs_schema(spec.state_dim, spec.action_dim)
+    out = []
+    for i in range(steps + 20):
+        state = rng.normal(size=spec.state_dim).astype(np.float32)
+        frames = encode("obs", {"state": state, "action": np.zeros(spec.action_dim, np.float32)},
+                        {"t": 0.0, "episode": 0, "step": i, "fresh": True, "safety": {}})  # fmt: skip
+        frames = [bytes(f) for f in frames]  # as received from a socket
+        t0 = time.perf_counter()
+        msg = decode(frames, schema)
+        chunk = agent.act(msg.arrays["state"], mode="explore")
+        encode(
+            "chunk", {"actions": np.asarray(chunk, np.float32)}, {"t0": 0.0, "chunk_id": i, "client": "bench"}
+        )
+        if i >= 20:  # warm-up
+            out.append(1e3 * (time.perf_counter() - t0))
+    return out
+
+
+def _learner_load(agent_cfg: dict, robot_cfg: dict, ready, stop) -> None:
+    """A learner's work in another process: EXPO updates back to back until told to stop."""
+    torch.set_num_threads(1)
+    cfg = OmegaConf.create({"agent": agent_cfg, "robot": robot_cfg})
+    agent, spec = _agent(cfg, "cpu")
+    buf = _filled_buffer(spec)
+    agent.update(buf, buf)
+    ready.set()
+    while not stop.is_set():
+        agent.update(buf, buf)
+
+
+def loaded_latency(cfg: DictConfig, agent, spec: AgentSpec, steps: int) -> list[float]:
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
+    proc = ctx.Process(target=_learner_load, args=(agent_cfg, OmegaConf.to_container(cfg.robot), ready, stop))
+    proc.start()
+    try:
+        if not ready.wait(300):
+            raise TimeoutError("the learner load process did not start within 300 s")
+        return time_policy_steps(agent, spec, steps)
+    finally:
+        stop.set()
+        proc.join(60)
+
+
+def realtime_session(seconds: int, fps: int = 50) -> dict:
+    """A real-time fine-tune session on the simulated robot; the driver's own cadence figures at the end."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "expo_robot.cli", "finetune", "session=demo", "profile=demo", "live=off",
+               "robot.mode=realtime", f"robot.fps={fps}", f"session.env_steps={seconds * fps}",
+               "session.eval_episodes=0", f"run_dir={run}"]  # fmt: skip
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 3 + 600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"real-time session failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        records = read_metrics(run)
+        loops = [r for r in records if r.get("source") == "actor" and "driver/ticks" in r]
+        last = loops[-1] if loops else {}
+        ticks, overruns = int(last.get("driver/ticks", 0)), int(last.get("driver/overruns", 0))
+        periods = [
+            r[LOOP_PERIOD_MS] / 1e3 for r in records if r.get("source") == "driver" and LOOP_PERIOD_MS in r
+        ]
+        cadence = period_summary(periods, 1.0 / fps) if periods else None
+        return {
+            "fps": fps,
+            "seconds": seconds,
+            "wall_s": time.monotonic() - t0,
+            "ticks": ticks,
+            "overruns": overruns,
+            "overrun_pct": 100.0 * overruns / ticks if ticks else None,
+            "period_ms": last.get("driver/period_ms"),
+            "jitter_ms": last.get("driver/jitter_ms"),
+            "max_jitter_ms": last.get("driver/max_jitter_ms"),
+            "step_periods": cadence,  # per executed step, from the driver's stamps (>10% late counts here)
+            "command": " ".join(cmd[2:]),
+        }
+
+
+def run(cfg: DictConfig, words: list[str]) -> dict:
+    profile = words[0] if words else "quick"
+    if profile not in PROFILES:
+        raise ValueError(f"bench policy: unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
+    p = PROFILES[profile]
+    torch.set_num_threads(1)  # as in the actor: one thread, the other core is the learner's
+    agent, spec = _agent(cfg, "cpu")
+    figures: dict = {"agent": cfg.agent.name, "profile": cfg.profile, "chunk": spec.chunk}
+    figures["cpu_idle"] = latency_summary(time_policy_steps(agent, spec, p["steps"]))
+    print("policy step, CPU idle:", json.dumps(figures["cpu_idle"]))
+    figures["cpu_loaded"] = latency_summary(loaded_latency(cfg, agent, spec, p["steps"]))
+    print("policy step, CPU with a learner training:", json.dumps(figures["cpu_loaded"]))
+    if torch.cuda.is_available():
+        gpu_agent, _ = _agent(cfg, "cuda")
+        figures["gpu"] = latency_summary(time_policy_steps(gpu_agent, spec, p["steps"]))
+        print("policy step, GPU:", json.dumps(figures["gpu"]))
+    figures["realtime"] = realtime_session(p["realtime_s"])
+    print("real-time session:", json.dumps(figures["realtime"]))
+    summary = {
+        "policy_step_p99_ms_cpu": figures["cpu_loaded"]["p99_ms"],
+        "policy_step_p99_ms_cpu_idle": figures["cpu_idle"]["p99_ms"],
+        "realtime_fps": figures["realtime"]["fps"],
+        "realtime_seconds": figures["realtime"]["seconds"],
+        "overrun_pct": figures["realtime"]["overrun_pct"],
+    }
+    if "gpu" in figures:
+        summary["policy_step_p99_ms_gpu"] = figures["gpu"]["p99_ms"]
+    return {"summary": summary, "figures": figures}
