@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from expo_robot.agent import AgentSpec, make_agent
 from expo_robot.config import make_run_dir
@@ -62,8 +62,11 @@ class LearnerLink:
 
     def __init__(self, cfg: DictConfig, actor_id: str):
         curve = CurveKeys.from_config(cfg.runtime.curve)
-        self.sub = Subscriber(address(cfg.runtime, "weights"), schema=LEARNER_OUTBOX, hwm=8, curve=curve)
-        self.push = Pusher(address(cfg.runtime, "transitions"), hwm=1000, curve=curve)
+        host = cfg.runtime.learner_host
+        self.sub = Subscriber(
+            address(cfg.runtime, "weights", host), schema=LEARNER_OUTBOX, hwm=8, curve=curve
+        )
+        self.push = Pusher(address(cfg.runtime, "transitions", host), hwm=1000, curve=curve)
         self.actor_id, self.timeout_s = actor_id, float(cfg.session.learner_timeout_s)
         self.status: dict = {}
         self.seen = 0.0
@@ -156,7 +159,9 @@ class Actor:
         self.chunk = int(cfg.agent.chunk)
         self.replan_every = int(cfg.agent.get("replan_every") or self.chunk)
         self.gamma = float(cfg.agent.gamma)
-        self.robot = RobotClient(cfg.runtime)
+        self.robot = RobotClient(
+            {**OmegaConf.to_container(cfg.runtime, resolve=True), "host": cfg.runtime.driver_host}
+        )
         self.link = LearnerLink(cfg, self.id) if learn else None
         self.metrics = MetricsLogger(run_dir, tensorboard=False)
         self.env_steps = self.episodes = self.chunks_sent = 0
@@ -188,7 +193,7 @@ class Actor:
         while self.link.weights is None:
             if self.stop.is_set() or time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"no weights from the learner at {address(self.cfg.runtime, 'weights')} within "
+                    f"no weights from the learner at {address(self.cfg.runtime, 'weights', self.cfg.runtime.learner_host)} within "
                     f"{self.session.first_weights_timeout_s} s: is `expo-robot learner` running and reachable?"
                 )
             self.link.poll()
