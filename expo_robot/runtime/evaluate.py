@@ -1,8 +1,9 @@
 """`expo-robot eval`: a checkpoint's fixed policy on the robot, through the driver's full safety layer, with a report.
 
-    expo-robot eval eval.policy=runs/<date>/<finetune run> eval.episodes=20             # its checkpoints/latest.pt
-    expo-robot eval eval.policy=runs/X eval.compare=runs/X/checkpoints/pretrained.pt    # fine-tuned vs the BC start
-    expo-robot eval eval.policy=runs/X eval.compare=runs/X eval.compare_act=base        # OTF EXPO vs its base alone
+    expo-robot eval eval.policy=runs/<date>/<finetune run> eval.episodes=20    # its checkpoints/latest.pt
+    expo-robot eval eval.policy=runs/X eval.compare=runs/X/checkpoints/pretrained.pt eval.compare_act=base
+                                                       # fine-tuned EXPO vs the BC start (the base alone)
+    expo-robot eval eval.policy=runs/X eval.compare=runs/X eval.compare_act=base   # OTF EXPO vs its own base alone
 
 Nothing learns. Every policy plays the same scenes (seeds EVAL_SEED_OFFSET + i), so a comparison is paired. The
 agent is built from the config stored in the checkpoint unless `agent=`/`agent.*` is given. An episode ended by a
