@@ -12,6 +12,10 @@ Observations carry t, the time the state was produced; a policy answering it sen
   current virtual time, otherwise the driver waits for commands. The watchdog still runs on the wall clock.
 Episodes: on terminated/truncated (or a safety episode limit) the driver holds until a `reset` command, then
 publishes step 0 of the next episode.
+Teleop (configs/teleop): the operator's device runs here, in the loop. While it returns a command the operator holds
+the robot: that command is executed (through the same safety filter) instead of the policy's chunk, and the step is
+published with intervention=True. Operator keys are counted in the observation counters (`operator.<key>`), so a
+recorder or actor that misses one message still sees them; e-stop keys act here at once.
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ from drivers.clock import Deadline, LoopStats, MonotonicClock
 from drivers.robot import Robot, RobotError, make_robot
 from drivers.safety import ActionFilter, Limits, SafetyConfig, SafetyConfigError, SafetyMonitor
 from drivers.sim_env import SimUnavailableError
+from drivers.teleop import TeleopContext, TeleopDevice, TeleopError, make_teleop
 from expo_robot.transport.protocol import OPS, PROTOCOL_VERSION, RobotSpec, driver_inbox
 from expo_robot.transport.sockets import CurveKeys, Publisher, Puller, TransportError, address
 from expo_robot.transport.wire import Message
 
 log = logging.getLogger(__name__)
 MODES = ("lockstep", "realtime")
+OPERATOR = "operator"  # the teleop device's name in the liveness table and as a chunk's client
+TELEOP_CHUNK_ID = -2  # chunk_id of steps the operator commanded
 
 
 class DriverConfigError(ValueError):
@@ -79,6 +86,9 @@ class Driver:
         self._estop_request: str | None = None
         self.last_reasons: list[str] = []
         self.robot_state: np.ndarray | None = None
+        self.teleop: TeleopDevice | None = None
+        self.takeover = False  # the operator held the robot at the last read of the device
+        self._next_teleop_read = -math.inf
 
     # ---- lifecycle ----
     def open(self) -> None:
@@ -90,6 +100,9 @@ class Driver:
             Limits.build(self.safety_cfg, r, self.cfg.robot.get("workspace")), self.safety_cfg
         )
         self.monitor = SafetyMonitor(self.safety_cfg, self.fps)
+        self.teleop = make_teleop(self.cfg.get("teleop"), self.robot)
+        if self.teleop is not None:
+            self.teleop.connect()
         self.max_chunk_len = int(self.cfg.robot.get("max_chunk_len", 256))
         self.heartbeat_s = float(rt.get("heartbeat_s", 0.5))
         self.spec = RobotSpec(
@@ -126,6 +139,8 @@ class Driver:
                     self.monitor.shutdown()
                     self._publish(fresh=False)
         finally:
+            if self.teleop is not None:
+                self.teleop.disconnect()
             self.robot.disconnect()
             if self.inbox is not None:
                 self.inbox.close()
@@ -161,8 +176,14 @@ class Driver:
             self.loop.tick(self.clock.now())
         else:
             due = self.chunk is not None and self._due_index(self.chunk) is not None
-            # nothing due: sleep in the poller (a command wakes it at once) but wake for the watchdog
-            self._pump(0.0 if due and self.monitor.state == "ok" else self.monitor.hold_after_s / 4)
+            # nothing due: sleep in the poller (a command wakes it at once) but wake for the watchdog, and for
+            # the next read of the operator's device
+            idle_s = self.monitor.hold_after_s / 4
+            if self.teleop is not None:
+                next_read = self._next_teleop_read - self.clock.now() if self.teleop.paced else 0.0
+                due = due or (self.takeover and next_read <= 0)
+                idle_s = min(idle_s, max(next_read, 0.0) if self.takeover else 1.0 / self.fps)
+            self._pump(0.0 if due and self.monitor.state == "ok" else idle_s)
         self._tick()
 
     def _pump(self, wait_s: float) -> None:
@@ -186,9 +207,12 @@ class Driver:
             self.estop(reason)
             self._publish(fresh=False)
         self._watch()
+        if self.teleop is not None:
+            self._operator_keys()
         executed = False
         if self.monitor.state == "ok":
-            executed = self._execute_due()
+            held = self._execute_operator() if self.teleop is not None else None
+            executed = held if held is not None else self._execute_due()
         elif self.mode == "realtime":
             self.robot.hold()
         if not executed and self.clock.now() - self.last_pub >= self.heartbeat_s:
@@ -230,7 +254,46 @@ class Driver:
         c.next_k = k + 1
         return self._execute(c.actions[k], c.chunk_id)
 
-    def _execute(self, raw: np.ndarray, chunk_id: int) -> bool:
+    # ---- the operator ----
+    def _operator_keys(self) -> None:
+        events = self.teleop.events()
+        for event in events:
+            self.counters[f"operator.{event}"] += 1
+            log.info("driver: operator key '%s'", event)
+            if event == "estop":
+                self.estop("operator key")
+            elif event == "clear_estop" and self.monitor.clear_estop():
+                self.filter.arm(self.robot.hold_action(self.last_action))
+        if events:
+            self._publish(fresh=False)  # keys reach the recorder/actor at once, not at the next step
+
+    def _execute_operator(self) -> bool | None:
+        """Run the operator's command if they hold the robot: True/False (step executed or not), None when the
+        policy drives. A person's device is read once per control period (in lock-step on the wall clock)."""
+        now = self.clock.now()
+        if self.mode == "lockstep" and self.teleop.paced and now < self._next_teleop_read:
+            return False if self.takeover else None
+        self._next_teleop_read = now + 1.0 / self.fps
+        try:
+            action = self.teleop.read(TeleopContext(self.robot_state, self.episode, self.step, self.robot))
+        except TeleopError as e:
+            self.estop(
+                f"teleop device failed: {e}"
+            )  # the operator lost control: stop, do not fall back silently
+            log.error("driver: %s", e)
+            return False
+        if (action is not None) != self.takeover:
+            self.takeover = action is not None
+            self.counters["takeovers" if self.takeover else "releases"] += 1
+            if self.takeover:
+                self.chunk = None  # planned for the policy's course, not the operator's
+            log.info("driver: operator %s", "takes over" if self.takeover else "releases the robot")
+        if action is None:
+            return None
+        self.alive[OPERATOR] = now  # the operator is in command: the watchdog must not hold the robot
+        return self._execute(np.asarray(action, np.float32), TELEOP_CHUNK_ID, intervention=True)
+
+    def _execute(self, raw: np.ndarray, chunk_id: int, intervention: bool = False) -> bool:
         action, reasons = self.filter(raw, self.robot.ee_position())
         self.monitor.count(reasons)
         self.last_reasons = reasons
@@ -253,7 +316,10 @@ class Driver:
             "truncated": result.truncated or limit is not None,
             "success": result.success,
             "chunk_id": chunk_id,
+            "intervention": intervention,
         }
+        if intervention:
+            self.counters["steps_intervention"] += 1
         if result.terminated or result.truncated or limit:
             self.chunk = None
             self.monitor.episode_end(limit or ("terminated" if result.terminated else "truncated"))

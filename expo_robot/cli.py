@@ -32,9 +32,11 @@ COMMANDS: dict[str, Command] = {
     "eval": Command(
         "safety-stopped evaluation of a checkpoint, with a report", "expo_robot.runtime.evaluate:main"
     ),
-    "pretrain": Command("imitation pretraining of the base policy on LeRobotDatasets", None, "issue #6"),
-    "teleop": Command("drive the robot with a teleop device, no recording", None, "issue #6"),
-    "record": Command("record teleop demonstrations into a LeRobotDataset", None, "issue #6"),
+    "pretrain": Command(
+        "imitation pretraining of the base policy on LeRobotDatasets", "expo_robot.runtime.pretrain:main"
+    ),
+    "teleop": Command("drive the robot with a teleop device, no recording", "expo_robot.runtime.teleop:main"),
+    "record": Command("record teleop demonstrations into a LeRobotDataset", "expo_robot.runtime.record:main"),
     "dataset": Command(
         "dataset info|check|repair PATH: summary and validation of a LeRobotDataset",
         "expo_robot.data.dataset_cli:main",
@@ -71,7 +73,9 @@ def _resolve(target: str) -> Callable[..., int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` prints every thread's stack: where is it stuck?
+    faulthandler.register(
+        signal.SIGUSR1
+    )  # `kill -USR1 <pid>` prints every thread's stack: where is it stuck?
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()

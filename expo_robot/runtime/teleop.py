@@ -173,7 +173,9 @@ class OperatorLoop:
                 prev = got
                 self._show(got)
                 if got.terminated or got.truncated:
-                    end = EpisodeEnd("terminated" if got.terminated else "truncated", got.success, got.truncated)
+                    end = EpisodeEnd(
+                        "terminated" if got.terminated else "truncated", got.success, got.truncated
+                    )
                     sink.end(end)
                     return end
             end = self._decide(self._keys(self.client.latest), self.client.latest, prev)
