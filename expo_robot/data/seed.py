@@ -113,7 +113,7 @@ def generate_seed_dataset(
     sigma: float,
     seed: int,
     out: Path,
-    workers: int | None = None,
+    workers: int = 1,
 ) -> dict:
     """Record `episodes` scripted-operator episodes into a new LeRobotDataset at `out`; return a summary."""
     robot, task_plain = _plain(robot_cfg), _plain(task_cfg)
