@@ -133,3 +133,15 @@ def test_default_noise_gives_target_success(tmp_path, robot, task_name, episodes
     rate = json.loads((path / INFO_FILE).read_text())["success_rate"]
     print(f"{robot}: success {rate:.2f} over {episodes} episodes")
     assert 0.3 <= rate <= 0.6
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_worker_processes_give_the_same_data(tmp_path):
+    cfg = _cfg()
+    one = ensure_seed_dataset(cfg.robot, cfg.task, 4, sigma=None, seed=3, root=tmp_path / "a", workers=1)
+    two = ensure_seed_dataset(cfg.robot, cfg.task, 4, sigma=None, seed=3, root=tmp_path / "b", workers=2)
+    for a, b in zip(load_episodes(one), load_episodes(two), strict=True):
+        np.testing.assert_array_equal(a.states, b.states)
+        np.testing.assert_array_equal(a.actions, b.actions)
+        assert a.success == b.success
