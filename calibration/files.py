@@ -123,7 +123,7 @@ def load_robot(
 
 # ---- cameras ----
 def _camera_how(serial: str) -> str:
-    return f"expo-robot calibrate camera serial={serial}"
+    return "expo-robot calibrate camera cameras=<the config naming this camera>"
 
 
 def save_camera(

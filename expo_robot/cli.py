@@ -41,8 +41,10 @@ COMMANDS: dict[str, Command] = {
         "dataset info|check|repair PATH: summary and validation of a LeRobotDataset",
         "expo_robot.data.dataset_cli:main",
     ),
-    "calibrate": Command("calibrate a robot or camera; stored under calibration/", None, "issue #7"),
-    "check": Command("preflight: devices, calibration, limits, ports, latency", None, "issue #7"),
+    "calibrate": Command(
+        "calibrate a robot or camera; stored under calibration/", "expo_robot.runtime.calibrate:main"
+    ),
+    "check": Command("preflight: devices, calibration, limits, ports, latency", "expo_robot.runtime.check:main"),
     "bench": Command("benchmarks: learning | transport | policy", "expo_robot.bench:main"),
     "driver": Command("run only the robot driver process (multi-machine runs)", "drivers.server:main"),
     "actor": Command("run only the policy process (multi-machine runs)", "expo_robot.runtime.actor:main"),
