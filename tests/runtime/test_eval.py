@@ -4,6 +4,7 @@ runs a driver, evaluates (and compares) tiny checkpoints on the simulated Panda 
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -171,13 +172,15 @@ def test_eval_compares_finetuned_with_the_bc_start_on_the_same_scenes(run_folder
         tmp_path / "eval",
         f"eval.policy={run_folder}",
         f"eval.compare={run_folder / 'checkpoints' / 'pretrained.pt'}",
+        "eval.compare_act=base",  # the BC start is its base policy alone
         "eval.episodes=2",
         "task.max_episode_steps=8",
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     doc = report(tmp_path / "eval")
     a, b = doc["result"], doc["compare"]
-    assert (a["label"], b["label"]) == ("latest [expo]", "pretrained [expo]")
+    assert (a["label"], b["label"]) == ("latest [expo]", "pretrained [base]")
+    assert (a["policy"], b["policy"]) == ("expo", "base")
     assert a["checkpoint"].endswith("latest.pt") and b["checkpoint"].endswith("pretrained.pt")
     for s in (a, b):
         assert s["success"]["n"] == 2 and s["stops"] == {"timeout": 2}
@@ -185,11 +188,10 @@ def test_eval_compares_finetuned_with_the_bc_start_on_the_same_scenes(run_folder
         assert s["policy_latency"]["n"] == 4  # 8 steps, a chunk of 4 per decision, 2 episodes
         assert s["loop"]["periods"] == 14  # 7 step-to-step periods per episode
     seeds = {label: [e["seed"] for e in eps] for label, eps in doc["episodes"].items()}
-    assert seeds["latest [expo]"] == seeds["pretrained [expo]"] == [EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + 1]
+    assert seeds["latest [expo]"] == seeds["pretrained [base]"] == [EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + 1]
     assert set(doc["comparison"]) >= {"difference", "difference_ci", "p_value", "significant"}
     md = (tmp_path / "eval" / "eval_report.md").read_text()
     assert "## Comparison" in md and "Why episodes ended" in md
-    assert not list((tmp_path / "eval" / "driver").glob("*.tmp"))
     assert "driver: SIGTERM received" in (tmp_path / "eval" / "driver" / "driver.out").read_text()
 
 
@@ -285,3 +287,36 @@ def test_an_agent_override_that_does_not_fit_the_checkpoint_is_a_clear_error(run
         ),
     ):
         evaluate(cfg, over, tmp_path, threading.Event())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ctrl_c_ends_the_evaluation_with_a_report_of_what_ran(run_folder, tmp_path):
+    obs, cmd = free_ports(2)
+    run_dir = tmp_path / "eval"
+    argv = [f"eval.policy={run_folder}", "eval.episodes=500", "task.max_episode_steps=8", "live=off",
+            f"run_dir={run_dir}", f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "expo_robot.cli", "eval", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MUJOCO_GL": "egl"},
+    )
+    try:
+        deadline = time.monotonic() + 200
+        metrics = run_dir / "metrics.jsonl"
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.exists() and metrics.read_text().count('"eval"') >= 2:
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out.decode()[-3000:]
+    s = report(run_dir)["result"]
+    assert 2 <= s["success"]["n"] < 500
+    assert s["config"]["ended early"] == "stopped by the operator (Ctrl-C)"
+    assert "driver: SIGTERM received" in (run_dir / "driver" / "driver.out").read_text()
