@@ -43,7 +43,6 @@ from expo_robot.transport.wire import Message
 
 log = logging.getLogger(__name__)
 MODES = ("lockstep", "realtime")
-OPERATOR = "operator"  # the teleop device's name in the liveness table and as a chunk's client
 TELEOP_CHUNK_ID = -2  # chunk_id of steps the operator commanded
 
 
@@ -63,7 +62,13 @@ class Chunk:
 class Driver:
     """One robot behind two sockets: observations out (PUB), chunks and commands in (PULL)."""
 
-    def __init__(self, cfg: Any, robot: Robot | None = None, clock: Any | None = None):
+    def __init__(
+        self,
+        cfg: Any,
+        robot: Robot | None = None,
+        clock: Any | None = None,
+        teleop: TeleopDevice | None = None,
+    ):
         self.cfg = cfg
         self.mode = str(cfg.robot.get("mode", "lockstep"))
         if self.mode not in MODES:
@@ -86,7 +91,7 @@ class Driver:
         self._estop_request: str | None = None
         self.last_reasons: list[str] = []
         self.robot_state: np.ndarray | None = None
-        self.teleop: TeleopDevice | None = None
+        self.teleop: TeleopDevice | None = teleop  # None: built from cfg.teleop at open()
         self.takeover = False  # the operator held the robot at the last read of the device
         self._next_teleop_read = -math.inf
 
@@ -100,7 +105,7 @@ class Driver:
             Limits.build(self.safety_cfg, r, self.cfg.robot.get("workspace")), self.safety_cfg
         )
         self.monitor = SafetyMonitor(self.safety_cfg, self.fps)
-        self.teleop = make_teleop(self.cfg.get("teleop"), self.robot)
+        self.teleop = self.teleop or make_teleop(self.cfg.get("teleop"), self.robot)
         if self.teleop is not None:
             self.teleop.connect()
         self.max_chunk_len = int(self.cfg.robot.get("max_chunk_len", 256))
@@ -195,7 +200,9 @@ class Driver:
 
     def _watch(self) -> str | None:
         """Run the watchdog on the wall clock; a change is acted on and published at once."""
-        changed = self.monitor.watchdog(self.clock.now(), max(self.alive.values(), default=None))
+        # While the operator holds the robot, its device (read by this loop) is the live command source.
+        last_alive = self.clock.now() if self.takeover else max(self.alive.values(), default=None)
+        changed = self.monitor.watchdog(self.clock.now(), last_alive)
         if changed is not None:
             self._on_state_change(changed)
             self._publish(fresh=False)
@@ -207,14 +214,15 @@ class Driver:
             self.estop(reason)
             self._publish(fresh=False)
         self._watch()
-        if self.teleop is not None:
-            self._operator_keys()
-        executed = False
-        if self.monitor.state == "ok":
-            held = self._execute_operator() if self.teleop is not None else None
-            executed = held if held is not None else self._execute_due()
-        elif self.mode == "realtime":
-            self.robot.hold()
+        held = self._operator_step() if self.teleop is not None else None  # None: the policy drives
+        if held is not None:
+            executed = held
+        elif self.monitor.state == "ok":
+            executed = self._execute_due()
+        else:
+            executed = False
+            if self.mode == "realtime":
+                self.robot.hold()
         if not executed and self.clock.now() - self.last_pub >= self.heartbeat_s:
             self._publish(fresh=False)
             self.pub.send("spec", meta=self.spec.to_meta())
@@ -267,9 +275,14 @@ class Driver:
         if events:
             self._publish(fresh=False)  # keys reach the recorder/actor at once, not at the next step
 
-    def _execute_operator(self) -> bool | None:
-        """Run the operator's command if they hold the robot: True/False (step executed or not), None when the
-        policy drives. A person's device is read once per control period (in lock-step on the wall clock)."""
+    def _operator_step(self) -> bool | None:
+        """Operator keys, then the operator's command if they hold the robot: True/False (step executed or not),
+        None when the policy drives. The device is read in a watchdog hold too: taking over from a silent policy
+        is exactly when an operator needs it. A person's device is read once per control period (in lock-step on
+        the wall clock)."""
+        self._operator_keys()
+        if self.monitor.state not in ("ok", "hold"):
+            return None
         now = self.clock.now()
         if self.mode == "lockstep" and self.teleop.paced and now < self._next_teleop_read:
             return False if self.takeover else None
@@ -277,9 +290,8 @@ class Driver:
         try:
             action = self.teleop.read(TeleopContext(self.robot_state, self.episode, self.step, self.robot))
         except TeleopError as e:
-            self.estop(
-                f"teleop device failed: {e}"
-            )  # the operator lost control: stop, do not fall back silently
+            # the operator lost control: stop, never fall back to the policy silently
+            self.estop(f"teleop device failed: {e}")
             log.error("driver: %s", e)
             return False
         if (action is not None) != self.takeover:
@@ -290,7 +302,10 @@ class Driver:
             log.info("driver: operator %s", "takes over" if self.takeover else "releases the robot")
         if action is None:
             return None
-        self.alive[OPERATOR] = now  # the operator is in command: the watchdog must not hold the robot
+        if self.monitor.state == "hold":
+            self._watch()  # the operator is in command: out of the watchdog hold (re-arms the start-up guard)
+        if self.monitor.state != "ok":
+            return False
         return self._execute(np.asarray(action, np.float32), TELEOP_CHUNK_ID, intervention=True)
 
     def _execute(self, raw: np.ndarray, chunk_id: int, intervention: bool = False) -> bool:
