@@ -93,7 +93,7 @@ class RealSenseCamera(Camera):
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._open_sensors: list[Any] = []
-        self.calibration: dict | None = None
+        self.calibration: dict | None = None  # the stored file's record (data: intrinsics, extrinsics)
         self.intrinsics: dict[str, dict] = {}
         self.depth_scale: float | None = None
         self.frames = self.timeouts = self.reconnects = 0

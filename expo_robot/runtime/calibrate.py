@@ -4,8 +4,9 @@ robot:  lerobot's own interactive flow (middle pose, then each joint through its
         calibration/robots/<robot.id>.json with the date and the USB adapter's serial.
         expo-robot calibrate robot robot=so101 robot.id=left_arm robot.port=/dev/ttyACM0
 camera: intrinsics read from each configured RealSense (or the named ones) at its configured mode, stored as
-        calibration/cameras/<serial>.json. Camera-to-robot extrinsics from a ChArUco board: calibration/charuco.py.
-        expo-robot calibrate camera cameras=realsense [front]
+        calibration/cameras/<serial>.json; with the word `charuco`, also the camera-to-robot extrinsics from a
+        ChArUco board lying at `cameras.charuco.board_in_robot` (calibration/charuco.py).
+        expo-robot calibrate camera cameras=realsense [front] [charuco]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from calibration import calibration_root, save_camera, save_robot
+from calibration.charuco import robot_from_camera
 from drivers.cameras import make_camera
 from drivers.lerobot_arm import build_lerobot_robot, port_serial
 from drivers.realsense import DEVICE_TYPE
@@ -45,7 +47,14 @@ def calibrate_robot(robot_cfg: Any) -> Path:
     return path
 
 
-def calibrate_cameras(cameras_cfg: Any, names: list[str], **camera_kwargs: Any) -> list[Path]:
+def calibrate_cameras(
+    cameras_cfg: Any, names: list[str], charuco: bool = False, **camera_kwargs: Any
+) -> list[Path]:
+    board_cfg = (cameras_cfg or {}).get("charuco") if charuco else None
+    if charuco and not board_cfg:
+        raise ConfigError(
+            "`charuco` needs a cameras.charuco section (board size, dictionary, board_in_robot)"
+        )
     listed = list((cameras_cfg or {}).get("list") or [])
     chosen = [c for c in listed if not names or c.get("name") in names]
     if not chosen:
@@ -56,7 +65,14 @@ def calibrate_cameras(cameras_cfg: Any, names: list[str], **camera_kwargs: Any) 
     for cam_cfg in chosen:
         plain = OmegaConf.to_container(cam_cfg) if isinstance(cam_cfg, DictConfig) else dict(cam_cfg)
         with make_camera({**plain, "require_calibration": False}, root, **camera_kwargs) as cam:
-            paths.append(save_camera(root, str(cam.serial), DEVICE_TYPE, cam.intrinsics))
+            extrinsics = None
+            if board_cfg:
+                extrinsics = robot_from_camera(
+                    cam.read_latest(max_age_s=1.0).color, cam.intrinsics["color"], board_cfg
+                )
+                log.info("camera %s: board found, %d corners, reprojection %.2f px", cam.name,
+                         extrinsics["corners"], extrinsics["reprojection_px"])  # fmt: skip
+            paths.append(save_camera(root, str(cam.serial), DEVICE_TYPE, cam.intrinsics, extrinsics))
         log.info("camera %s (%s) intrinsics stored: %s", cam.name, cam.serial, paths[-1])
     return paths
 
@@ -67,6 +83,7 @@ def main(cfg: DictConfig, words: list[str]) -> int:
     if words[0] == "robot":
         print(f"calibration stored: {calibrate_robot(cfg.robot)}")
     else:
-        for path in calibrate_cameras(cfg.get("cameras"), words[1:]):
+        names = [w for w in words[1:] if w != "charuco"]
+        for path in calibrate_cameras(cfg.get("cameras"), names, charuco="charuco" in words[1:]):
             print(f"calibration stored: {path}")
     return 0

@@ -13,18 +13,26 @@ import numpy as np
 import pyrealsense2 as rs
 
 
-def _intrinsics(w: int, h: int) -> rs.intrinsics:
+def _intrinsics(w: int, h: int, focal: float) -> rs.intrinsics:
     i = rs.intrinsics()
-    i.width, i.height, i.fx, i.fy, i.ppx, i.ppy = w, h, 60.0, 60.0, w / 2, h / 2
+    i.width, i.height, i.fx, i.fy, i.ppx, i.ppy = w, h, focal, focal, w / 2, h / 2
     i.model, i.coeffs = rs.distortion.none, [0.0] * 5
     return i
 
 
 class SoftwareRealSense:
     def __init__(
-        self, serial: str = "000111222333", w: int = 64, h: int = 48, fps: int = 30, depth: bool = False
+        self,
+        serial: str = "000111222333",
+        w: int = 64,
+        h: int = 48,
+        fps: int = 30,
+        depth: bool = False,
+        image: np.ndarray | None = None,
+        focal: float = 60.0,
     ):
-        self.serial, self.w, self.h, self.fps = serial, w, h, fps
+        self.serial, self.w, self.h, self.fps, self.focal = serial, w, h, fps, focal
+        self.image = image  # a fixed colour image (else a grey level = frame number)
         self.device = rs.software_device()
         self.device.register_info(rs.camera_info.serial_number, serial)
         self.device.register_info(rs.camera_info.name, "Intel RealSense (software)")
@@ -49,7 +57,7 @@ class SoftwareRealSense:
         sensor = self.device.add_sensor(name)
         vs = rs.video_stream()
         vs.type, vs.index, vs.uid, vs.width, vs.height = stream, 0, uid, self.w, self.h
-        vs.fps, vs.bpp, vs.fmt, vs.intrinsics = self.fps, bpp, fmt, _intrinsics(self.w, self.h)
+        vs.fps, vs.bpp, vs.fmt, vs.intrinsics = self.fps, bpp, fmt, _intrinsics(self.w, self.h, self.focal)
         self.sensors.append((sensor, sensor.add_video_stream(vs), bpp))
 
     def devices(self) -> list:
@@ -79,7 +87,9 @@ class SoftwareRealSense:
                 f.pixels = np.full((self.h, self.w), 500 + i % 100, np.uint16)
                 f.depth_units = 0.001
             else:
-                f.pixels = np.full((self.h, self.w, 3), i % 256, np.uint8)
+                f.pixels = (
+                    self.image if self.image is not None else np.full((self.h, self.w, 3), i % 256, np.uint8)
+                )
             f.bpp, f.stride, f.timestamp, f.frame_number = bpp, self.w * bpp, t_ms, i
             f.domain, f.profile = rs.timestamp_domain.hardware_clock, profile.as_video_stream_profile()
             sensor.on_video_frame(f)

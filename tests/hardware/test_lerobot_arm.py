@@ -1,8 +1,13 @@
 """The lerobot-arm driver against lerobot's real SO-101 / Koch robot classes with a mocked motor bus."""
 
+import copy
+import functools
+
 import numpy as np
 import pytest
+import yaml
 from mock_bus import calibration_for, mocked_buses
+from omegaconf import OmegaConf
 from test_robot_contract import RobotContract
 
 from calibration import CalibrationMismatchError, CalibrationMissingError, load_robot, save_robot
@@ -15,10 +20,17 @@ from expo_robot.config import load_config
 SO101_MOTORS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
 
 
+@functools.cache
+def base_config(robot):
+    return load_config([f"robot={robot}", "robot.port=/dev/mock0"])  # composing is slow: once per robot
+
+
 def arm_config(tmp_path, robot="so101", *overrides):
-    cfg = load_config(
-        [f"robot={robot}", f"robot.calibration_dir={tmp_path}", "robot.port=/dev/mock0", *overrides]
-    )
+    cfg = copy.deepcopy(base_config(robot))
+    cfg.robot.calibration_dir = str(tmp_path)
+    for item in overrides:
+        key, value = item.split("=", 1)
+        OmegaConf.update(cfg, key, yaml.safe_load(value))
     return cfg
 
 
