@@ -170,3 +170,32 @@ def test_unknown_lerobot_type_lists_valid_ones(tmp_path):
     cfg = arm_config(tmp_path, "so101", "robot.lerobot_type=nope")
     with pytest.raises(RobotError, match="so101_follower"):
         make_robot(cfg.robot, cfg.task)
+
+
+@pytest.mark.timeout(90)
+def test_driver_ramps_and_rate_limits_the_arm_through_the_safety_layer(tmp_path, buses):
+    """The whole driver (sockets, safety layer) in front of the arm: a far target is approached gently."""
+    from driver_helpers import free_ports, running_driver
+
+    from expo_robot.transport import RobotClient
+
+    obs_port, cmd_port = free_ports(2)
+    cfg = arm_config(tmp_path, "so101", "robot.mode=lockstep", f"runtime.obs_port={obs_port}",
+                     f"runtime.cmd_port={cmd_port}")  # fmt: skip
+    calibrate(tmp_path, cfg)
+    target = np.array([60, 0, 0, 0, 0, 50], np.float32)
+    with running_driver(cfg) as driver, RobotClient(cfg.runtime) as client:
+        spec = client.connect(10)
+        assert spec.action_dim == 6 and spec.action_high[0] == pytest.approx(2048 / 2 * 360 / 4095)
+        obs = client.reset(seed=0, wait_s=30)
+        np.testing.assert_allclose(obs.state, [0, 0, 0, 0, 0, 50])
+        client.send_chunk(np.tile(target, (12, 1)), t0=obs.t + 1 / spec.fps, chunk_id=1)
+        got = [client.recv_obs(5.0) for _ in range(12)]
+    pan = np.array([0.0] + [o.action[0] for o in got])
+    assert np.all(np.diff(pan) > 0) and np.all(np.diff(pan) <= 3.0 + 1e-4)  # max_step_change: 3 degrees
+    assert pan[-1] < 60 and "startup_ramp" in got[0].safety["reasons"]
+    # what reached the motors = what was published (holds re-send the present pose: drop the repeats)
+    written = [w["shoulder_pan"] for w in buses[-1].goal_writes]
+    moves = [v for i, v in enumerate(written) if v > 0 and (i == 0 or v != written[i - 1])]
+    np.testing.assert_allclose(moves, pan[1:], atol=1e-4)
+    assert driver.robot.lerobot.bus.torque  # stopped driver: the arm still holds its pose
