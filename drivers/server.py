@@ -483,7 +483,14 @@ def main(cfg: Any, words: list[str]) -> int:
     log.info("driver: run folder %s", run_dir)
     try:
         return run_driver(cfg, stop, driver=driver)
-    except (TransportError, RobotError, SimUnavailableError, SafetyConfigError, DriverConfigError) as e:
+    except (
+        TransportError,
+        RobotError,
+        SimUnavailableError,
+        SafetyConfigError,
+        DriverConfigError,
+        TeleopError,
+    ) as e:
         log.error("driver: %s", e)  # one line that says what to change; no traceback for operators
         return 1
 

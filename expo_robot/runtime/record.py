@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -76,18 +77,34 @@ class RecordingSink:
         return 0 < self.limit <= self.saved
 
 
+def _lower_priority(writer: EpisodeWriter, niceness: int = 10) -> None:
+    """Saving is never urgent: on a busy machine the save thread yields the CPU to the driver process (Linux
+    threads have their own niceness)."""
+    thread = getattr(writer, "_thread", None)
+    if thread is None or thread.native_id is None:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread.native_id, niceness)
+    except (OSError, AttributeError):  # not Linux, or not permitted: saving still happens off the loop
+        log.debug("could not lower the save thread's priority")
+
+
 def record(cfg: DictConfig, run_dir: Path, stop: threading.Event | None = None) -> dict:
     """Record cfg.teleop.episodes episodes into cfg.teleop.root (or <run_dir>/dataset); return a summary."""
     cfg = operator_cfg(cfg)
     root = Path(cfg.teleop.root) if cfg.teleop.get("root") else run_dir / "dataset"
     task = str(cfg.teleop.get("task") or cfg.task.description)
     stop = stop or threading.Event()
-    with LiveStatus(cfg.get("live", "auto"), title="record") as live, OperatorLoop(cfg, stop, live) as loop:
+    with (
+        LiveStatus(cfg.get("live", "auto"), title="record") as live,
+        OperatorLoop(cfg, stop, live, run_dir) as loop,
+    ):
         spec = loop.client.spec
         writer = EpisodeWriter(
             root, fps=round(spec.fps), features=dataset_features(spec.state_dim, spec.action_dim, capture_time=True),
             task=task, robot_type=spec.robot,
         )  # fmt: skip
+        _lower_priority(writer)
         sink = RecordingSink(writer, int(cfg.teleop.episodes), cfg.task.get("reward") == "operator_key")
         log.info("recording into %s at %.0f Hz (%s): '%s'", root, spec.fps, spec.mode, task)
         try:

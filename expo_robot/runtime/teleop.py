@@ -4,8 +4,9 @@ operator loop that `expo-robot record` builds on.
     expo-robot teleop teleop=keyboard                 # keys: see configs/teleop/keyboard.yaml
     expo-robot teleop teleop=scripted teleop.episodes=3
 
-One process: the driver runs on a thread here, with the device inside its loop (drivers/teleop.py), so every command
-passes the driver's safety layer; this loop is an ordinary client of the driver's sockets. It follows the executed
+The driver runs in a child process with the device inside its loop (drivers/teleop.py), so every command passes the
+driver's safety layer and nothing done here (saving episodes, drawing the status) can delay a control step; the
+child dies with this process (SIGTERM on parent death). This loop is an ordinary client of the driver's sockets. It follows the executed
 steps, turns operator keys (success, failure, re-record, quit) and episode ends into decisions, and resets the scene
 for the next episode at once. What happens with each step and episode is the `EpisodeSink`'s business (record.py
 writes a dataset; teleop only counts).
@@ -13,16 +14,19 @@ writes a dataset; teleop only counts).
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from drivers.server import Driver
 from expo_robot.config import make_run_dir
 from expo_robot.observe.live import LiveStatus
 from expo_robot.transport.protocol import EStopLatchedError
@@ -92,50 +96,82 @@ def operator_cfg(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-class OperatorLoop:
-    """The driver on a thread plus the client loop that follows its steps; `run(sink)` until done, quit or stop."""
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies (a SIGKILLed recorder must not leave a driver running)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        log.debug("prctl unavailable: the driver will not follow its parent's death")
 
-    def __init__(self, cfg: DictConfig, stop: threading.Event | None = None, live: Any = None):
+
+def driver_process(cfg: dict) -> None:
+    """Child process entry: `expo-robot driver` (with the operator's device) until SIGTERM/SIGINT; it logs to
+    driver.log in the same run folder."""
+    _die_with_parent()
+    from drivers.server import main as driver_main  # imported here: the parent never builds a simulator
+
+    sys.exit(driver_main(OmegaConf.create(cfg), []))
+
+
+class OperatorLoop:
+    """The driver process plus the client loop that follows its steps; `run(sink)` until done, quit or stop."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        stop: threading.Event | None = None,
+        live: Any = None,
+        run_dir: Path | None = None,
+    ):
         self.cfg = cfg
         self.stop = stop or threading.Event()
         self.live = live
-        self.driver = Driver(cfg)
-        self._driver_stop = threading.Event()
-        self._driver_error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run_driver, name="driver", daemon=True)
+        if run_dir is not None:
+            cfg.run_dir = str(run_dir)  # the driver writes its log and config into the same folder
+        # spawn, not fork: MuJoCo/EGL and torch state do not survive a fork
+        self._proc = multiprocessing.get_context("spawn").Process(
+            target=driver_process, args=(OmegaConf.to_container(cfg, resolve=True),), name="driver"
+        )
         self.client = RobotClient(cfg.runtime)
         self._seen_keys: dict[str, int] = {}
         self.seed = int(cfg.teleop.seed)
         self.loop_stats: dict = {}
 
-    def _run_driver(self) -> None:
-        try:
-            self.driver.run(self._driver_stop)
-        except BaseException as e:  # re-raised on the main thread by _check_driver
-            self._driver_error = e
-
     def _check_driver(self) -> None:
-        if self._driver_error is not None:
-            raise self._driver_error
-        if not self._thread.is_alive():
-            raise ConnectionError("the driver thread stopped; see the log above")
+        if not self._proc.is_alive():
+            raise ConnectionError(f"the driver process exited (code {self._proc.exitcode}); see driver.log")
 
     def __enter__(self) -> OperatorLoop:
-        self._thread.start()
+        self._proc.start()
         timeout = float(self.cfg.teleop.start_timeout_s)
         deadline = time.monotonic() + timeout
-        while not self.driver.ready.wait(0.1):
+        while True:
             self._check_driver()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the driver did not start within {timeout:.0f} s")
-        self.client.connect(timeout_s=10.0)
+            try:
+                self.client.connect(timeout_s=2.0)
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    self._stop_driver()
+                    raise TimeoutError(
+                        f"the driver did not start within {timeout:.0f} s; see driver.log"
+                    ) from None
+                self.client = RobotClient(self.cfg.runtime)
         self._keys(self.client.latest)  # keys counted before we started are not ours
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.client.close()
-        self._driver_stop.set()
-        self._thread.join(timeout=30)
+        self._stop_driver()
+
+    def _stop_driver(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()  # SIGTERM: safe state, then a clean exit
+        self._proc.join(timeout=30)
+        if self._proc.is_alive():
+            log.error("the driver did not stop within 30 s; killing it")
+            self._proc.kill()
+            self._proc.join(5)
 
     # ---- operator keys ----
     def _keys(self, obs: Observation | None) -> list[str]:
@@ -237,7 +273,10 @@ def main(cfg: DictConfig, words: list[str]) -> int:
     sink = CountingSink(int(cfg.teleop.episodes))
     log.info("teleop: %s driving %s (%s, %.0f Hz); run folder %s", cfg.teleop.type, cfg.robot.name,
              cfg.robot.mode, float(cfg.robot.fps), run_dir)  # fmt: skip
-    with LiveStatus(cfg.get("live", "auto"), title="teleop") as live, OperatorLoop(cfg, stop, live) as loop:
+    with (
+        LiveStatus(cfg.get("live", "auto"), title="teleop") as live,
+        OperatorLoop(cfg, stop, live, run_dir) as loop,
+    ):
         loop.run(sink)
     log.info("teleop: %d episodes, %d successes, %d steps", sink.episodes, sink.successes, sink.steps)
     return 0
