@@ -117,3 +117,12 @@ def test_no_camera_attached_fails_with_the_serials_seen():
     result = check.check_camera(cfg.cameras.list[0], None, seconds=0.2)
     assert result.ok is False and "no RealSense camera found" in result.detail
     assert "RealSense serials here: none" in result.fix
+
+
+def test_calibrate_usage_and_nothing_to_calibrate_are_one_line_errors(capfd):
+    assert cli_main(["calibrate"]) == 2
+    assert "usage: expo-robot calibrate robot|camera" in capfd.readouterr().err
+    assert cli_main(["calibrate", "robot"]) == 2  # the default robot is the simulator
+    assert "has nothing to calibrate: choose a hardware robot, e.g. robot=so101" in capfd.readouterr().err
+    assert cli_main(["calibrate", "camera"]) == 2  # cameras=none
+    assert "no camera to calibrate" in capfd.readouterr().err
