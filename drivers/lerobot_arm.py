@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from calibration import calibration_root, load_robot
+from calibration.files import calibration_root, load_robot
 from drivers.robot import Robot, RobotError, StepResult, config_vector
 
 log = logging.getLogger(__name__)

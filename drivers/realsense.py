@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyrealsense2 as rs
 
-from calibration import calibration_root, load_camera
+from calibration.files import calibration_root, load_camera
 from drivers.cameras import (
     Camera,
     CameraError,

@@ -18,8 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from calibration import calibration_root, save_camera, save_robot
 from calibration.charuco import robot_from_camera
+from calibration.files import calibration_root, save_camera, save_robot
 from drivers.cameras import make_camera
 from drivers.lerobot_arm import build_lerobot_robot, port_serial
 from drivers.realsense import DEVICE_TYPE

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from calibration import CalibrationError, calibration_root, load_robot
+from calibration.files import CalibrationError, calibration_root, load_robot
 from drivers.cameras import CameraError, make_camera
 from drivers.robot import Robot, RobotError, make_robot
 from drivers.safety import Limits, SafetyConfig, SafetyConfigError

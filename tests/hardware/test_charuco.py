@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from rs_software import SoftwareRealSense
 
-from calibration import CalibrationError, load_camera
 from calibration.charuco import board_in_camera, make_board, pose_matrix
+from calibration.files import CalibrationError, load_camera
 from expo_robot.config import load_config
 from expo_robot.runtime import calibrate
 

@@ -6,7 +6,7 @@ import pytest
 from mock_bus import mocked_buses
 from rs_software import SoftwareRealSense
 
-from calibration import load_camera, load_robot
+from calibration.files import load_camera, load_robot
 from expo_robot.cli import main as cli_main
 from expo_robot.config import load_config
 from expo_robot.runtime import calibrate, check

@@ -10,7 +10,7 @@ from mock_bus import calibration_for, mocked_buses
 from omegaconf import OmegaConf
 from test_robot_contract import RobotContract
 
-from calibration import CalibrationMismatchError, CalibrationMissingError, load_robot, save_robot
+from calibration.files import CalibrationMismatchError, CalibrationMissingError, load_robot, save_robot
 from drivers import lerobot_arm
 from drivers.lerobot_arm import LerobotArm
 from drivers.robot import Robot, RobotError, make_robot

@@ -9,7 +9,7 @@ import pyrealsense2 as rs
 import pytest
 from rs_software import SoftwareRealSense
 
-from calibration import (
+from calibration.files import (
     CalibrationMismatchError,
     CalibrationMissingError,
     camera_file,
