@@ -21,6 +21,7 @@ class Command:
     help: str
     target: str | None  # "module:function" taking (cfg, args) -> int; None = not built yet
     waits_on: str = ""
+    section: str = ""  # keys of this config section may be given short: `policy=x` for `eval.policy=x`
 
 
 # Sub-commands live in their own modules; this table is the registry (no if/elif factory).
@@ -30,7 +31,9 @@ COMMANDS: dict[str, Command] = {
         "expo_robot.runtime.launcher:main",
     ),
     "eval": Command(
-        "safety-stopped evaluation of a checkpoint, with a report", "expo_robot.runtime.evaluate:main"
+        "safety-stopped evaluation of a checkpoint, with a report",
+        "expo_robot.runtime.evaluate:main",
+        section="eval",
     ),
     "pretrain": Command(
         "imitation pretraining of the base policy on LeRobotDatasets", "expo_robot.runtime.pretrain:main"
@@ -44,7 +47,9 @@ COMMANDS: dict[str, Command] = {
     "calibrate": Command(
         "calibrate a robot or camera; stored under calibration/", "expo_robot.runtime.calibrate:main"
     ),
-    "check": Command("preflight: devices, calibration, limits, ports, latency", "expo_robot.runtime.check:main"),
+    "check": Command(
+        "preflight: devices, calibration, limits, ports, latency", "expo_robot.runtime.check:main"
+    ),
     "bench": Command("benchmarks: learning | transport | policy", "expo_robot.bench:main"),
     "driver": Command("run only the robot driver process (multi-machine runs)", "drivers.server:main"),
     "actor": Command("run only the policy process (multi-machine runs)", "expo_robot.runtime.actor:main"),
@@ -69,6 +74,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _expand(override: str, section: str) -> str:
+    """`policy=x` -> `eval.policy=x` when `policy` is a key of the command's own config section."""
+    key = override.split("=", 1)[0]
+    if section and "." not in key and key.isidentifier() and key in _section_keys(section):
+        return f"{section}.{override}"
+    return override
+
+
+def _section_keys(section: str) -> set[str]:
+    from omegaconf import OmegaConf
+
+    from expo_robot.config import CONFIG_DIR
+
+    return set(OmegaConf.load(CONFIG_DIR / "config.yaml").get(section) or {})
+
+
 def _resolve(target: str) -> Callable[..., int]:
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)
@@ -84,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cmd = COMMANDS[args.command]
     words = [a for a in args.args if "=" not in a]
-    overrides = [a for a in args.args if "=" in a]
+    overrides = [_expand(a, cmd.section) for a in args.args if "=" in a]
     try:
         cfg = load_config(overrides)
         if cmd.target is None:

@@ -51,3 +51,13 @@ def test_run_dir_holds_resolved_config(tmp_path):
     assert run_dir.name.endswith("_finetune_pick_cube")
     assert (run_dir / "config.yaml").read_text().count("sim_panda") >= 1
     assert (run_dir / "finetune.log").exists()
+
+
+def test_eval_takes_its_own_keys_short():
+    from expo_robot.cli import _expand
+
+    assert _expand("policy=runs/x", "eval") == "eval.policy=runs/x"
+    assert _expand("episodes=5", "eval") == "eval.episodes=5"
+    assert _expand("robot=sim_so101", "eval") == "robot=sim_so101"  # a group stays a group
+    cfg = load_config([_expand("episodes=5", "eval")])
+    assert cfg.eval.episodes == 5

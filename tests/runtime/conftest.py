@@ -46,10 +46,14 @@ class Processes:
         obs, cmd = free_ports(2)
         return [f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}"]
 
+    def common(self) -> list[str]:
+        """Tiny budgets, this test's seed-data folder and learner ports."""
+        return [*TINY, self.seed_root, *self.learner_ports]
+
     def start(self, command: str, run_dir: Path, *overrides: str) -> subprocess.Popen:
         run_dir.mkdir(parents=True, exist_ok=True)
         out = (run_dir / f"{command}.out").open("ab")
-        args = [*TINY, self.seed_root, *self.learner_ports, f"run_dir={run_dir}", *overrides]
+        args = [*self.common(), f"run_dir={run_dir}", *overrides]
         env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONUNBUFFERED": "1"}
         p = subprocess.Popen(
             [sys.executable, "-m", "expo_robot.cli", command, *args],

@@ -2,6 +2,7 @@
 simulated Panda in lock-step, then a resumed session continues from the checkpoint."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,39 +12,13 @@ import pytest
 from expo_robot.observe.metrics import read_metrics
 from expo_robot.runtime.checkpoint import load_checkpoint
 
-TINY = [
-    "profile=demo",
-    "session.offline.episodes=4",
-    "session.pretrain_steps=30",
-    "session.eval_episodes=1",
-    "session.weights_every=5",
-    "session.checkpoint_every=50",
-    "live=off",
-]
 
-
-def free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def finetune(tmp_path: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    obs, cmd, weights, transitions = free_ports(4)
+def finetune(processes, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     args = [
-        *TINY,
+        *processes.common(),
+        *processes.robot_ports(),
+        "session.eval_episodes=1",
         f"run_dir={run_dir}",
-        f"session.offline.root={tmp_path / 'seed'}",
-        f"runtime.obs_port={obs}",
-        f"runtime.cmd_port={cmd}",
-        f"runtime.weights_port={weights}",
-        f"runtime.transitions_port={transitions}",
         *extra,
     ]
     return subprocess.run(
@@ -51,14 +26,14 @@ def finetune(tmp_path: Path, run_dir: Path, *extra: str) -> subprocess.Completed
         capture_output=True,
         text=True,
         timeout=400,
-        env={**__import__("os").environ, "MUJOCO_GL": "egl"},
+        env={**os.environ, "MUJOCO_GL": "egl"},
     )
 
 
 @pytest.mark.timeout(900)
-def test_finetune_session_then_resume(tmp_path):
+def test_finetune_session_then_resume(processes, tmp_path):
     run1 = tmp_path / "run1"
-    out = finetune(tmp_path, run1, "session.env_steps=120")
+    out = finetune(processes, run1, "session.env_steps=120")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
     records = read_metrics(run1)
