@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import importlib
+import io
 import signal
 import sys
 from collections.abc import Callable
@@ -95,10 +96,16 @@ def _resolve(target: str) -> Callable[..., int]:
     return getattr(importlib.import_module(module), func)
 
 
+def _enable_stack_dumps() -> None:
+    """`kill -USR2 <pid>` prints every thread's stack: where is a process stuck? (SIGUSR1 is the driver's e-stop.)"""
+    try:
+        faulthandler.register(signal.SIGUSR2)
+    except (io.UnsupportedOperation, AttributeError, ValueError):  # stderr is not a real file (e.g. captured)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    faulthandler.register(
-        signal.SIGUSR1
-    )  # `kill -USR1 <pid>` prints every thread's stack: where is it stuck?
+    _enable_stack_dumps()
     args = _parser().parse_args(argv)
     if args.command is None:
         _parser().print_help()
