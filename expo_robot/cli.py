@@ -6,6 +6,7 @@ expo-robot finetune robot=sim_so101 agent=rlpd agent.edit_scale=0.1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import importlib
 import io
@@ -98,10 +99,9 @@ def _resolve(target: str) -> Callable[..., int]:
 
 def _enable_stack_dumps() -> None:
     """`kill -USR2 <pid>` prints every thread's stack: where is a process stuck? (SIGUSR1 is the driver's e-stop.)"""
-    try:
+    # stderr may not be a real file (e.g. captured by a test runner): then there are no dumps, nothing else changes
+    with contextlib.suppress(io.UnsupportedOperation, AttributeError, ValueError):
         faulthandler.register(signal.SIGUSR2)
-    except (io.UnsupportedOperation, AttributeError, ValueError):  # stderr is not a real file (e.g. captured)
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:
