@@ -3,6 +3,9 @@
 Driver -> policy (driver's PUB, runtime.obs_port):
   obs   arrays state f32[S], action f32[A] (what was really executed, after safety); meta t, episode, step, reward,
         terminated, truncated, success, intervention, fresh (False = republished while idle), safety, chunk_id, loop
+        intervention: the operator's teleop device (in the driver, drivers/teleop.py) commanded this step
+        counters: cumulative; `operator.<key>` counts operator keys (success, failure, rerecord, quit, estop, ...),
+        so a client that misses a message still sees every key; takeovers / releases / steps_intervention
   spec  meta: the RobotSpec fields (sent on every hello and at heartbeat rate)
 Policy -> driver (driver's PULL, runtime.cmd_port):
   chunk arrays actions f32[H, A]; meta t0 (step k is due at t0 + k/fps), chunk_id, client
