@@ -12,7 +12,9 @@ class talks to the bus. What it adds:
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 import tempfile
 from dataclasses import fields
 from pathlib import Path
@@ -39,12 +41,30 @@ def port_serial(port: str) -> str | None:
     return None
 
 
+def register_lerobot_robot_configs() -> None:
+    """lerobot registers a robot type when its config module is imported: import them all (they are light)."""
+    import lerobot.robots
+
+    for pkg in pkgutil.iter_modules(lerobot.robots.__path__):
+        if not pkg.ispkg:
+            continue
+        sub = importlib.import_module(f"lerobot.robots.{pkg.name}").__path__
+        for mod in pkgutil.iter_modules(sub):
+            if mod.name.startswith("config"):
+                try:
+                    importlib.import_module(f"lerobot.robots.{pkg.name}.{mod.name}")
+                except ImportError as e:  # a robot whose SDK is not installed: not selectable here
+                    log.debug("lerobot robot %s unavailable: %s", pkg.name, e)
+
+
 def build_lerobot_robot(robot_cfg: Any, calibration_dir: Path) -> Any:
     """lerobot's robot for `robot.lerobot_type` (any registered type), without touching the hardware."""
     from lerobot.robots import RobotConfig
     from lerobot.robots.utils import make_robot_from_config
 
     kind = str(robot_cfg.lerobot_type)
+    if kind not in RobotConfig.get_known_choices():
+        register_lerobot_robot_configs()
     try:
         config_cls = RobotConfig.get_choice_class(kind)
     except KeyError as e:
@@ -63,7 +83,10 @@ def build_lerobot_robot(robot_cfg: Any, calibration_dir: Path) -> Any:
     if "port" in known:
         kwargs["port"] = str(robot_cfg.port)
     cfg = config_cls(id=str(robot_cfg.id), calibration_dir=calibration_dir, **kwargs)
-    return make_robot_from_config(cfg)
+    try:
+        return make_robot_from_config(cfg)
+    except ImportError as e:  # the motor SDK is an optional lerobot extra
+        raise RobotError(f"lerobot's {kind} cannot be built here: {e}") from e
 
 
 def buses(robot: Any) -> list[Any]:

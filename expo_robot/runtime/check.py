@@ -41,11 +41,12 @@ class Check:
 
 
 # ---- devices ----
-def serial_ports() -> list[tuple[str, str | None]]:
+def serial_ports() -> list[tuple[str, str | None]] | None:
+    """(device, USB serial) of every serial port; None when pyserial (a lerobot motor extra) is missing."""
     try:
         from serial.tools import list_ports
     except ImportError:
-        return []
+        return None
     return [(p.device, p.serial_number) for p in list_ports.comports()]
 
 
@@ -65,7 +66,10 @@ def check_robot_device(robot_cfg: Any) -> Check:
     from drivers.lerobot_arm import port_serial
 
     port, ports = str(robot_cfg.port), serial_ports()
-    seen = ", ".join(f"{d} ({s or 'no serial'})" for d, s in ports) or "none"
+    if ports is None:
+        seen = "unknown (pyserial is not installed: it comes with lerobot[feetech] / lerobot[dynamixel])"
+    else:
+        seen = ", ".join(f"{d} ({s or 'no serial'})" for d, s in ports) or "none"
     if not Path(port).exists():
         return Check("robot device", False, f"port {port} not found; serial ports here: {seen}",
                      "plug the arm's USB adapter in and power the arm, then set robot.port=<one of the ports>")  # fmt: skip
