@@ -102,3 +102,54 @@ def make_cameras(cameras_cfg: Any, **kwargs: Any) -> dict[str, Camera]:
             raise CameraError(f"two cameras are named {cam.name!r}: names must be unique")
         cams[cam.name] = cam
     return cams
+
+
+class CameraRig:
+    """Every configured camera, read together without waiting: what a driver publishes next to the state.
+
+    `snapshot()` gives arrays named by `features` ("<name>.color" (H, W, 3) uint8 RGB, "<name>.depth" (H, W)
+    uint16) and per-camera metadata (device timestamp and clock domain, frame number, age at read time), or raises
+    the first camera's CameraError (a stalled or lost camera must not pass silently as an old image).
+    """
+
+    def __init__(self, cameras: dict[str, Camera]):
+        self.cameras = cameras
+
+    @property
+    def features(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {k: v for cam in self.cameras.values() for k, v in cam.features.items()}
+
+    def connect(self) -> None:
+        try:
+            for cam in self.cameras.values():
+                cam.connect()
+        except CameraError:
+            self.disconnect()
+            raise
+
+    def disconnect(self) -> None:
+        for cam in self.cameras.values():
+            cam.disconnect()
+
+    def snapshot(self, max_age_s: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+        import time
+
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict[str, dict] = {}
+        for name, cam in self.cameras.items():
+            f = cam.read_latest(max_age_s)
+            arrays[f"{name}.color"] = f.color
+            if f.depth is not None:
+                arrays[f"{name}.depth"] = f.depth
+            meta[name] = {
+                "serial": f.serial, "t_ms": f.timestamp_ms, "domain": f.timestamp_domain, "frame": f.frame_number,
+                "age_ms": 1e3 * (time.monotonic() - f.received_s), "depth_scale": f.depth_scale,
+            }  # fmt: skip
+        return arrays, meta
+
+    def __enter__(self) -> CameraRig:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()

@@ -19,6 +19,7 @@ from calibration.files import (
 from drivers.cameras import (
     CameraError,
     CameraNotFoundError,
+    CameraRig,
     CameraTimeoutError,
     StaleFrameError,
     make_cameras,
@@ -120,17 +121,21 @@ def test_wrong_serial_and_mode_name_what_is_there(sw):
         RealSenseCamera(cam_cfg(width=1280, height=720), device_source=sw.devices).connect()
 
 
-def test_several_cameras_by_serial():
-    a, b = SoftwareRealSense("111").start(), SoftwareRealSense("222").start()
-    cfg = {"list": [cam_cfg(name="left", serial="222"), cam_cfg(name="right", serial="111")]}
-    cams = make_cameras(cfg, device_source=lambda: [a.device, b.device])
+def test_several_cameras_by_serial_read_together():
+    a, b = SoftwareRealSense("111").start(), SoftwareRealSense("222", depth=True).start()
+    cfg = {"list": [cam_cfg(name="left", serial="222", depth=True), cam_cfg(name="right", serial="111")]}
+    rig = CameraRig(make_cameras(cfg, device_source=lambda: [a.device, b.device]))
     try:
-        for cam in cams.values():
-            cam.connect()
-        assert cams["left"].read_latest().serial == "222" and cams["right"].read_latest().serial == "111"
+        with rig:
+            arrays, meta = rig.snapshot()
+            assert set(arrays) == set(rig.features) == {"left.color", "left.depth", "right.color"}
+            assert meta["left"]["serial"] == "222" and meta["right"]["serial"] == "111"
+            assert all(m["domain"] == "hardware_clock" and m["age_ms"] < 1000 for m in meta.values())
+            b.pause()
+            time.sleep(0.2)
+            with pytest.raises(StaleFrameError, match="camera left"):
+                rig.snapshot(max_age_s=0.1)
     finally:
-        for cam in cams.values():
-            cam.disconnect()
         a.stop(), b.stop()
 
 
