@@ -143,9 +143,13 @@ class LerobotArm(Robot):
                 f"cannot open {self.name} on port {self.cfg.get('port')!r} ({e}): is it plugged in and powered? "
                 "`expo-robot check` lists the serial ports it sees"
             ) from e
-        if not self.lerobot.is_calibrated:
-            self._on_motor_calibration_mismatch()
-        self._set_limits()
+        try:
+            if not self.lerobot.is_calibrated:
+                self._on_motor_calibration_mismatch()
+            self._set_limits()
+        except RobotError:
+            self._disconnect()  # leave the port free for the next try
+            raise
         log.info(
             "%s connected: joints %s, limits %s..%s",
             self.name,
@@ -165,7 +169,6 @@ class LerobotArm(Robot):
     def _on_motor_calibration_mismatch(self) -> None:
         """The motors hold another calibration than our file: write ours (default) or refuse."""
         if not self.cfg.get("write_calibration_to_motors", True):
-            self.lerobot.disconnect()
             raise RobotError(
                 f"the motors of {self.device_id!r} hold another calibration than its file: run "
                 f"`expo-robot calibrate robot robot.id={self.device_id}` or allow robot.write_calibration_to_motors"

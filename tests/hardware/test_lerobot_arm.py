@@ -147,6 +147,7 @@ def test_motors_holding_another_calibration_get_the_files_or_refuse(so101, buses
     arm.lerobot.bus.motor_calibration = calibration_for(arm.lerobot.bus.motors, span=1000)
     with pytest.raises(RobotError, match="hold another calibration"):
         arm.connect()
+    assert not arm.lerobot.bus.is_connected  # the port is released for the next try
 
 
 def test_robot_calibration_round_trip(tmp_path):
