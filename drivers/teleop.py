@@ -21,7 +21,6 @@ import logging
 import os
 import queue
 import select
-import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -147,22 +146,32 @@ class QueueKeys:
 
 
 class TerminalKeys:
-    """Keys typed in this terminal (no display needed, works over ssh). A terminal sends no key-up: a key counts as
-    held while it repeats (auto-repeat) and released `release_s` after its last repeat."""
+    """Keys typed in the controlling terminal (/dev/tty: no display needed, works over ssh, and from the driver's
+    child process, whose stdin is not the terminal). A terminal sends no key-up: a key counts as held while it
+    repeats (auto-repeat) and released `release_s` after its last repeat."""
 
     def __init__(self, release_s: float = 0.12, stream: Any = None):
         self.release_s = release_s
-        self.stream = stream or sys.stdin
+        self.stream = stream
         self._inner = QueueKeys()
         self._last: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._saved: Any = None
+        self._owned = False
 
     def start(self) -> None:
         import termios
         import tty
 
+        if self.stream is None:
+            try:
+                self.stream = open("/dev/tty", "rb", buffering=0)  # noqa: SIM115 (closed in stop())
+                self._owned = True
+            except OSError as e:
+                raise TeleopError(
+                    f"teleop.source=terminal needs a terminal ({e}); run from one, or use teleop.source=pynput"
+                ) from e
         if not self.stream.isatty():
             raise TeleopError("teleop.source=terminal needs an interactive terminal (stdin is not a tty)")
         fd = self.stream.fileno()
@@ -200,6 +209,8 @@ class TerminalKeys:
             self._thread.join(timeout=1.0)
         if self._saved is not None:
             termios.tcsetattr(self.stream.fileno(), termios.TCSADRAIN, self._saved)
+        if self._owned:
+            self.stream.close()
 
 
 class PynputKeys:
