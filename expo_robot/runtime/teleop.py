@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
-from expo_robot.config import make_run_dir
+from expo_robot.config import ConfigError, make_run_dir
 from expo_robot.observe.live import LiveStatus
 from expo_robot.transport.protocol import EStopLatchedError
 from expo_robot.transport.robot_client import Observation, RobotClient
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 RESET_WAIT_S = 30.0
 
 
-class TeleopConfigError(ValueError):
+class TeleopConfigError(ConfigError):
     """teleop/record was started without a usable device; the message says which to pick."""
 
 

@@ -62,3 +62,9 @@ def test_scripted_takeover_during_finetune_reaches_the_learner(tmp_path):
     assert np.isfinite(offline["actions"][flagged_rows]).all()
     learner = [r for r in read_metrics(run, "learner") if "buffer/interventions" in r]
     assert sum(r["buffer/interventions"] for r in learner) == n_online
+    row = next(
+        line for line in (run / "report.md").read_text().splitlines() if "operator interventions" in line
+    )
+    print(f"learner: {n_online} of {len(online['intervention'])} online transitions flagged, offline buffer "
+          f"{len(offline['intervention'])} rows; report: {row.strip()}")  # fmt: skip
+    assert f"{100 * rate:.0f}" in row or f"{100 * rate:.1f}" in row, row
