@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from expo_robot.agent import AgentSpec, make_agent
 from expo_robot.config import make_run_dir
 from expo_robot.data.chunking import chunk_transitions
+from expo_robot.data.dataset_io import EpisodeWriter, dataset_features
 from expo_robot.observe import metrics as M
 from expo_robot.observe.metrics import MetricsLogger
 from expo_robot.observe.stats import latency_summary
@@ -167,6 +168,7 @@ class Actor:
         self.env_steps = self.episodes = self.chunks_sent = 0
         self.episode_seed = int(cfg.seed) * 100_000
         self.robot_episode = -1  # the driver's episode counter, as last seen
+        self.writer: EpisodeWriter | None = None
 
     # ---- set-up ----
     def connect(self, agent_state: dict | None = None) -> None:
@@ -181,6 +183,12 @@ class Actor:
             seed=int(self.cfg.seed),
         )
         log.info("%s: robot %s (%s, %.0f Hz)", self.id, spec.robot, spec.mode, spec.fps)
+        if self.link is not None and self.session.get("record_episodes", True):
+            features = dataset_features(spec.state_dim, spec.action_dim, capture_time=True)
+            self.writer = EpisodeWriter(
+                self.run_dir / "episodes" / self.id, round(spec.fps), features, self.cfg.task.description,
+                robot_type=spec.robot,
+            )  # fmt: skip
         if agent_state is not None:
             self.agent.load_state_dict(agent_state)
             return
@@ -311,12 +319,26 @@ class Actor:
                 )
                 self.link.submit(batch, len(actions))
             self._log_episode(result)
+            self._record(states, actions, rewards, flags, stamps, result, obs)
         for ms in result.latencies_ms:  # one record per decision: the latency histogram and percentiles
             self.metrics.log(self.env_steps, "actor", **{M.POLICY_LATENCY_MS: ms})
         if self.robot.spec.mode == "realtime" and len(stamps) > 1:
             for period in np.diff(stamps):  # the driver's tick-to-tick periods, as it stamped them
                 self.metrics.log(self.env_steps, "driver", **{M.LOOP_PERIOD_MS: 1e3 * float(period)})
         return result
+
+    def _record(self, states, actions, rewards, flags, stamps, result: EpisodeResult, last) -> None:
+        """The episode as the robot lived it (executed actions, flags, driver-clock times), saved off this thread,
+        so the online data of one session can seed the next (`session.offline.datasets=[<run>/episodes/<actor>]`)."""
+        if self.writer is None or not actions:
+            return
+        for t, action in enumerate(actions):
+            end = t == len(actions) - 1
+            self.writer.add_frame(
+                states[t], action, rewards[t], intervention=bool(flags[t]), success=end and result.success,
+                safety_stop=end and bool(result.stop_reason), capture_time=float(stamps[t]),
+            )  # fmt: skip
+        self.writer.end_episode(truncated=not last.terminated)
 
     def _log_episode(self, r: EpisodeResult) -> None:
         lat = latency_summary(r.latencies_ms) if r.latencies_ms else {}
@@ -399,6 +421,8 @@ class Actor:
             time.sleep(0.05)
 
     def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
         self.robot.close()
         if self.link is not None:
             self.link.close()
