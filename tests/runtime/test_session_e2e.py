@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from expo_robot.data.dataset_io import load_episodes
 from expo_robot.observe.metrics import read_metrics
 from expo_robot.runtime.checkpoint import load_checkpoint
 
@@ -49,6 +50,8 @@ def test_finetune_session_then_resume(processes, tmp_path):
     assert (run1 / "report.md").exists() and (run1 / "finetune.png").exists()
     actor = json.loads((run1 / "actor-0.json").read_text())
     assert actor["env_steps"] == c1["env_steps"], "transitions were lost between the actor and the learner"
+    recorded = load_episodes(run1 / "episodes" / "actor-0")  # the session's own data, as a LeRobotDataset
+    assert len(recorded) == actor["episodes"] and sum(len(e) for e in recorded) == actor["env_steps"]
 
     run2 = tmp_path / "run2"
     out = finetune(
