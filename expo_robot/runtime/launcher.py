@@ -75,6 +75,7 @@ class MetricsTail:
             s["env steps"] = rec["step"]
             s["policy p99 ms"] = rec.get("policy/latency_p99_ms")
             s["weights"] = rec.get("weights/version")
+            s["intervention steps"] = s.get("intervention steps", 0) + int(rec.get(M.EPISODE_INTERVENTIONS) or 0)
         if rec.get("source") == "learner":
             if M.LEARNER_UPDATES in rec:
                 s["updates"] = rec[M.LEARNER_UPDATES]
