@@ -168,13 +168,17 @@ def backup_costs(agent, params: dict, spec, device, offline, online, reps: int =
     """Time one critic step with the exact OTF backup and with each amortisation, on copies of the trained agent."""
     base_steps = params["base"]["steps"]
     n_act = params["select"]["n_act"]
+    cheap_n, cheap_steps = max(1, n_act // 2), max(1, min(4, base_steps))  # the amortised settings compared
     options = {
         "exact": {"n_backup": n_act, "proposal_steps": None, "proposal_cache_age": 0},
-        "fewer_proposal_steps": {"n_backup": n_act, "proposal_cache_age": 0},
-        "fewer_backup_candidates": {"proposal_steps": None, "proposal_cache_age": 0},
+        "fewer_proposal_steps": {"n_backup": n_act, "proposal_steps": cheap_steps, "proposal_cache_age": 0},
+        "fewer_backup_candidates": {"n_backup": cheap_n, "proposal_steps": None, "proposal_cache_age": 0},
+        "both": {"n_backup": cheap_n, "proposal_steps": cheap_steps, "proposal_cache_age": 0},
+        "both+proposal_cache": {"n_backup": cheap_n, "proposal_steps": cheap_steps, "proposal_cache_age": 20},
         "profile_default": {},
-        "profile_default+proposal_cache": {"proposal_cache_age": 20},
     }
+    if params["base"]["kind"] != "flow":  # a DDPM base cannot sample with fewer steps
+        options = {k: v for k, v in options.items() if v.get("proposal_steps") is None}
     out = {}
     state = agent.state_dict()
     for name, over in options.items():
