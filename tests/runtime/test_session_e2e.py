@@ -55,7 +55,7 @@ def test_finetune_session_then_resume(processes, tmp_path):
 
     run2 = tmp_path / "run2"
     out = finetune(
-        tmp_path, run2, "session.env_steps=240", f"session.resume={run1}", "session.eval_episodes=0"
+        processes, run2, "session.env_steps=240", f"session.resume={run1}", "session.eval_episodes=0"
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     ckpt2 = load_checkpoint(run2)
