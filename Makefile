@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	@touch $(STAMP)
 
 demo: setup
-	.venv/bin/expo-robot finetune session=demo profile=demo
+	.venv/bin/expo-robot finetune session=demo
 
 test: setup lint
 	.venv/bin/python -m pytest
