@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes use their own seeds: the same scenes before and after
 RESEND_AFTER_S = 3.0  # the learner's count of our batches has not moved for this long: resend from its count
 STALL_S = 5.0  # no fresh observation for this long ends the episode (driver held by its safety layer)
+
+
+class ReplanNeeded(Exception):
+    """Real time: the driver ran no step of our chunk for a few periods (e.g. it dropped the chunk during a
+    watchdog hold); a new chunk from the newest state gets the robot going again."""
 
 
 class EpisodeAborted(RuntimeError):
@@ -279,12 +285,17 @@ class Actor:
                 t = time.perf_counter()
                 chunk = self.agent.act(obs.state, mode=mode)
                 result.latencies_ms.append(1e3 * (time.perf_counter() - t))
-                self.robot.send_chunk(
-                    np.asarray(chunk, np.float32), t0=obs.t + self.dt, chunk_id=self.chunks_sent
-                )
+                t0 = self._chunk_t0(obs)
+                self.robot.send_chunk(np.asarray(chunk, np.float32), t0=t0, chunk_id=self.chunks_sent)
                 self.chunks_sent += 1
-                for _ in range(self.replan_every):
-                    obs = self._next_obs(obs.step)
+                # Replan after the step due at t0 + (replan_every - 1) periods: counted in time, not in steps,
+                # because the driver skips the steps of a late chunk that are already past.
+                last_due = t0 + (self.replan_every - 1.5) * self.dt
+                while True:
+                    try:
+                        obs = self._next_obs(obs.step)
+                    except ReplanNeeded:
+                        break
                     states.append(obs.state)
                     actions.append(obs.action)
                     rewards.append(obs.reward)
@@ -293,7 +304,7 @@ class Actor:
                     self.last_loop = obs.loop
                     result.step_wall.append(obs.wall)
                     result.success |= bool(obs.success)
-                    if obs.terminated or obs.truncated:
+                    if obs.terminated or obs.truncated or obs.t >= last_due:
                         break
                 if obs.terminated or obs.truncated:
                     break
@@ -381,16 +392,27 @@ class Actor:
             f"the driver did not reset within {STALL_S * 4:.0f} s: is `expo-robot driver` running?"
         )
 
+    def _chunk_t0(self, obs) -> float:
+        """When the chunk's first step is due: the tick after the observation it answers. In real time, if the
+        driver has moved on since (it republishes while idle), the tick after the driver's latest time."""
+        latest = self.robot.latest
+        if self.robot.spec.mode == "realtime" and latest is not None and latest.episode == obs.episode:
+            return max(obs.t, latest.stamp) + self.dt
+        return obs.t + self.dt
+
     def _next_obs(self, last_step: int):
         deadline = time.monotonic() + STALL_S
+        replan_at = time.monotonic() + 3 * self.dt if self.robot.spec.mode == "realtime" else math.inf
         while time.monotonic() < deadline:
             if self.stop.is_set():
                 raise EpisodeAborted("session stopped")
-            obs = self.robot.recv_obs(timeout_s=0.2)
+            obs = self.robot.recv_obs(timeout_s=min(0.2, self.dt))
             if obs is None or not obs.fresh:
                 latest = self.robot.latest  # recv_obs returns fresh steps only; the driver's state is here
                 if latest is not None and latest.safety.get("state") in ("estop", "safe_state"):
                     raise EpisodeAborted(f"{latest.safety['state']}: {latest.safety.get('reason', '')}")
+                if time.monotonic() > replan_at:
+                    raise ReplanNeeded
                 continue
             self.robot_episode = max(self.robot_episode, obs.episode)
             if obs.step == last_step + 1:

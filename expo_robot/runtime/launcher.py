@@ -8,6 +8,8 @@ driver first (robot to its safe state), then the actor, then the learner (final 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -29,6 +31,15 @@ from expo_robot.observe.report import write_finetune_report
 log = logging.getLogger(__name__)
 STOP_ORDER = ("driver", "actor", "learner")  # robot safe first, checkpoint last
 STOP_TIMEOUT_S = 60.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _detach_and_follow() -> None:
+    """In the child before exec: its own session (Ctrl-C reaches only the launcher, which stops the processes in a
+    safe order), and SIGTERM when the launcher dies, however it dies, so no driver or learner is left orphaned."""
+    os.setsid()
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _interrupt(*_: object) -> None:
@@ -75,7 +86,9 @@ class MetricsTail:
             s["env steps"] = rec["step"]
             s["policy p99 ms"] = rec.get("policy/latency_p99_ms")
             s["weights"] = rec.get("weights/version")
-            s["intervention steps"] = s.get("intervention steps", 0) + int(rec.get(M.EPISODE_INTERVENTIONS) or 0)
+            s["intervention steps"] = s.get("intervention steps", 0) + int(
+                rec.get(M.EPISODE_INTERVENTIONS) or 0
+            )
         if rec.get("source") == "learner":
             if M.LEARNER_UPDATES in rec:
                 s["updates"] = rec[M.LEARNER_UPDATES]
@@ -108,9 +121,8 @@ class Launcher:
         log_path = self.run_dir / f"{name}.out"
         env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "PYTHONUNBUFFERED": "1"}
         with log_path.open("ab") as out:
-            # A new session: Ctrl-C reaches only the launcher, which stops the processes in a safe order.
             popen = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_detach_and_follow
             )
         self.procs[name] = Proc(name, popen, log_path)
         log.info("started %s (pid %d): %s", name, popen.pid, shlex.join(cmd[2:]))
