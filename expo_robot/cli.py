@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from expo_robot.config import GROUPS, ConfigError, load_config
+from expo_robot.config import GROUPS, ConfigError, expand_override, load_config
 
 
 @dataclass(frozen=True)
@@ -76,22 +76,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _expand(override: str, section: str) -> str:
-    """`policy=x` -> `eval.policy=x` when `policy` is a key of the command's own config section."""
-    key = override.split("=", 1)[0]
-    if section and "." not in key and key.isidentifier() and key in _section_keys(section):
-        return f"{section}.{override}"
-    return override
-
-
-def _section_keys(section: str) -> set[str]:
-    from omegaconf import OmegaConf
-
-    from expo_robot.config import CONFIG_DIR
-
-    return set(OmegaConf.load(CONFIG_DIR / "config.yaml").get(section) or {})
-
-
 def _resolve(target: str) -> Callable[..., int]:
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)
@@ -112,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cmd = COMMANDS[args.command]
     words = [a for a in args.args if "=" not in a]
-    overrides = [_expand(a, cmd.section) for a in args.args if "=" in a]
+    overrides = [expand_override(a, cmd.section) for a in args.args if "=" in a]
     try:
         cfg = load_config(overrides)
         if cmd.target is None:

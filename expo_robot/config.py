@@ -50,6 +50,18 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
         raise ConfigError(_explain(overrides, e)) from e
 
 
+def expand_override(override: str, section: str) -> str:
+    """`policy=x` -> `eval.policy=x` when `policy` is a key of the command's own config section."""
+    key = override.split("=", 1)[0]
+    if section and "." not in key and key.isidentifier() and key in _section_keys(section):
+        return f"{section}.{override}"
+    return override
+
+
+def _section_keys(section: str) -> set[str]:
+    return set(OmegaConf.load(CONFIG_DIR / "config.yaml").get(section) or {})
+
+
 def make_run_dir(cfg: DictConfig, command: str) -> Path:
     """Create runs/<date>/<time>_<command>_<task>/ (or cfg.run_dir), write the resolved config, set up logs."""
     if cfg.get("run_dir"):

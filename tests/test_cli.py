@@ -54,7 +54,7 @@ def test_run_dir_holds_resolved_config(tmp_path):
 
 
 def test_eval_takes_its_own_keys_short():
-    from expo_robot.cli import _expand
+    from expo_robot.config import expand_override as _expand
 
     assert _expand("policy=runs/x", "eval") == "eval.policy=runs/x"
     assert _expand("episodes=5", "eval") == "eval.episodes=5"

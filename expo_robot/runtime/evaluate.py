@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from expo_robot.agent import AGENTS, AgentStateError, agent_params
-from expo_robot.config import ConfigError, make_run_dir
+from expo_robot.config import ConfigError, expand_override, make_run_dir
 from expo_robot.observe import metrics as M
 from expo_robot.observe.live import LiveStatus
 from expo_robot.observe.report import EVAL_PLOT, write_eval_report
@@ -406,7 +406,7 @@ def evaluate(
 def main(cfg: DictConfig, words: list[str], overrides: list[str] | None = None) -> int:
     """`expo-robot eval eval.policy=... [eval.compare=...] [eval.episodes=N]`; Ctrl-C ends it early with a report."""
     if overrides is None:  # as the CLI split them: every argument with '=' is an override
-        overrides = [a for a in sys.argv[2:] if "=" in a]
+        overrides = [expand_override(a, "eval") for a in sys.argv[2:] if "=" in a]
     overrides = [o for o in overrides if not o.startswith("run_dir=")]
     run_dir = make_run_dir(cfg, "eval").resolve()
     torch.set_num_threads(1)  # the policy step is small; a second thread only adds jitter
