@@ -79,6 +79,9 @@ class LearnerLink:
         self.seen = 0.0
         self.weights: dict | None = None
         self.weights_version = -1
+        self.weights_key: tuple[str, int] | None = (
+            None  # (learner id, version) of the newest weights received
+        )
         self.kept: dict[int, tuple[dict, dict]] = {}  # seq -> (arrays, meta), until acked
         self.next_seq, self.send_from = 1, 1
         self._last_received, self._progress_t = 0, time.monotonic()
@@ -91,13 +94,17 @@ class LearnerLink:
         """Read everything the learner published; remember the newest weights and status."""
         while (msg := self.sub.recv(0.0)) is not None:
             if msg.type == "weights":
+                # The learner re-sends its newest weights every second for late joiners: only a new version (or a
+                # new learner) is unpacked and loaded, so the control loop does not reload the same tensors.
+                key = (msg.meta["learner"], msg.meta["version"])
+                if key == self.weights_key:
+                    continue
                 try:
-                    self.weights, self.weights_version = (
-                        unpack_state(msg.arrays, msg.meta),
-                        msg.meta["version"],
-                    )
+                    self.weights = unpack_state(msg.arrays, msg.meta)
                 except ValueError as e:
                     log.error("dropped a weights message: %s", e)
+                    continue
+                self.weights_key, self.weights_version = key, msg.meta["version"]
             else:
                 self._on_status(msg.meta)
         self._send_pending()
