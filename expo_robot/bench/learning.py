@@ -23,7 +23,7 @@ from drivers.sim_env import make_sim_task
 from expo_robot.agent import AgentSpec, agent_params, make_agent
 from expo_robot.agent.proposal_cache import ProposalCache
 from expo_robot.config import load_config, setup_logging
-from expo_robot.data.chunking import chunk_transitions, episode_chunks
+from expo_robot.data.chunking import chunk_transitions
 from expo_robot.data.replay import ReplayBuffer, sample_symmetric
 
 log = logging.getLogger(__name__)
@@ -84,21 +84,15 @@ def agent_config(name: str, profile: str) -> dict:
 
 def load_offline(cfg: DictConfig, settings: dict, chunk: int, gamma: float, state_dim: int, action_dim: int):
     """Seed episodes (scripted noisy operator, cached LeRobotDataset) as chunk transitions, every start (stride 1)."""
-    from expo_robot.data.dataset_io import load_episodes
     from expo_robot.data.seed import ensure_seed_dataset
+    from expo_robot.runtime.offline import load_offline_transitions
 
     root = settings.get("seed_root", "data/seed")
     path = ensure_seed_dataset(cfg.robot, cfg.task, settings["seed_episodes"], None, seed=0, root=root)
-    episodes = load_episodes(path)
-    parts = [p for p in (episode_chunks(e, chunk, gamma, stride=1) for e in episodes) if p is not None]
-    batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    batch, summary = load_offline_transitions([path], chunk, gamma)
     buf = ReplayBuffer(len(batch["obs"]), state_dim, chunk, action_dim)
     buf.add_batch(batch)
-    info = {
-        "path": str(path),
-        "episodes": len(episodes),
-        "success_rate": float(np.mean([e.success for e in episodes])),
-    }
+    info = {"path": str(path), "episodes": summary["episodes"], "success_rate": summary["success_rate"]}
     return buf, info
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from expo_robot.data.chunking import chunk_transitions
-from expo_robot.data.dataset_io import Episode, load_episodes
+from expo_robot.data.chunking import episode_chunks
+from expo_robot.data.dataset_io import load_episodes
 
 log = logging.getLogger(__name__)
 
@@ -30,30 +30,12 @@ def offline_dataset_paths(cfg: DictConfig) -> list[Path]:
     return [ensure_seed_dataset(cfg.robot, cfg.task, off.episodes, off.sigma, cfg.seed, root=off.root)]
 
 
-def episode_chunks(
-    episode: Episode, chunk: int, gamma: float, stride: int = 1
-) -> dict[str, np.ndarray] | None:
-    """Chunk transitions of one recorded episode (every start when stride=1), or None if it has no full step.
-
-    lerobot stores no state after the last action: a terminated episode bootstraps nothing there, so its last state
-    stands in; a truncated one loses its last action.
-    """
-    states, actions, rewards, flags = episode.states, episode.actions, episode.rewards, episode.intervention
-    if episode.terminated:
-        states = np.concatenate([states, states[-1:]])
-    else:
-        actions, rewards, flags = actions[:-1], rewards[:-1], flags[:-1]
-    if len(actions) == 0:
-        return None
-    return chunk_transitions(states, actions, rewards, episode.terminated, chunk, gamma, stride, flags)
-
-
 def load_offline_transitions(
     paths: list[Path], chunk: int, gamma: float
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """All chunk transitions of the datasets, and a short summary (episodes, frames, success rate)."""
+    """All chunk transitions of the datasets (every start, stride 1), and a summary (episodes, frames, success)."""
     episodes = load_episodes(paths)
-    parts = [c for c in (episode_chunks(ep, chunk, gamma) for ep in episodes) if c is not None]
+    parts = [c for c in (episode_chunks(ep, chunk, gamma, stride=1) for ep in episodes) if c is not None]
     if not parts:
         raise ValueError(f"the offline datasets {', '.join(map(str, paths))} hold no usable episode")
     batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
