@@ -27,6 +27,7 @@ from expo_robot.config import make_run_dir
 from expo_robot.observe import metrics as M
 from expo_robot.observe.live import LiveStatus
 from expo_robot.observe.report import write_finetune_report
+from expo_robot.observe.summary import rate
 
 log = logging.getLogger(__name__)
 STOP_ORDER = ("driver", "actor", "learner")  # robot safe first, checkpoint last
@@ -211,8 +212,6 @@ class Launcher:
         for label in ("before", "after"):
             if label in actor and actor[label]["episodes"]:
                 e = actor[label]
-                from expo_robot.observe.summary import rate
-
                 summary[f"success_{label}"] = rate(e["successes"], e["episodes"])
                 summary["success_basis"] = (
                     f"{e['episodes']} evaluation episodes before and after, same scenes"
