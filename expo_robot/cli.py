@@ -21,8 +21,7 @@ from expo_robot.config import GROUPS, ConfigError, expand_override, load_config
 @dataclass(frozen=True)
 class Command:
     help: str
-    target: str | None  # "module:function" taking (cfg, args) -> int; None = not built yet
-    waits_on: str = ""
+    target: str  # "module:function" taking (cfg, words) -> exit code
     section: str = ""  # keys of this config section may be given short: `policy=x` for `eval.policy=x`
 
 
@@ -99,9 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [expand_override(a, cmd.section) for a in args.args if "=" in a]
     try:
         cfg = load_config(overrides)
-        if cmd.target is None:
-            print(f"expo-robot {args.command}: not built yet (waits on {cmd.waits_on})", file=sys.stderr)
-            return 3
         return int(_resolve(cmd.target)(cfg, words) or 0)
     except ConfigError as e:
         print(f"expo-robot {args.command}: config error: {e}", file=sys.stderr)

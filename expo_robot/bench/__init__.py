@@ -54,11 +54,7 @@ def main(cfg: DictConfig, words: list[str]) -> int:
         )
         return 2
     module, func = BENCHMARKS[words[0]].split(":")
-    try:
-        run = getattr(importlib.import_module(module), func)
-    except ModuleNotFoundError as e:
-        print(f"expo-robot bench {words[0]}: not built yet ({e.name})", file=sys.stderr)
-        return 3
+    run = getattr(importlib.import_module(module), func)
     doc = run(cfg, words[1:])
     path = write_result(words[0], doc)
     print(json.dumps(doc.get("summary", {}), indent=2))
