@@ -12,21 +12,26 @@ from torch import nn
 from expo_robot.agent.nets import ResidualDenoiser
 
 
+def make_denoiser(obs_dim: int, act_dim: int, cfg: dict) -> ResidualDenoiser:
+    """The shared noise/velocity network of both base policies, sized by the `base` config."""
+    return ResidualDenoiser(
+        obs_dim,
+        act_dim,
+        cfg["hidden"],
+        cfg["blocks"],
+        cfg["time_dim"],
+        cfg["dropout"],
+        cfg.get("expand", 4),
+    )
+
+
 class FlowBase(nn.Module):
     """Rectified flow from N(0, I) (t=0) to the data (t=1), Euler integration with `steps` steps."""
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict):
         super().__init__()
         self.act_dim, self.steps = act_dim, cfg["steps"]
-        self.net = ResidualDenoiser(
-            obs_dim,
-            act_dim,
-            cfg["hidden"],
-            cfg["blocks"],
-            cfg["time_dim"],
-            cfg["dropout"],
-            cfg.get("expand", 4),
-        )
+        self.net = make_denoiser(obs_dim, act_dim, cfg)
 
     def loss(self, obs: torch.Tensor, actions: torch.Tensor, generator=None) -> torch.Tensor:
         x0 = torch.randn(actions.shape, device=actions.device, generator=generator)
@@ -60,15 +65,7 @@ class DDPMBase(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict):
         super().__init__()
         self.act_dim, self.steps = act_dim, cfg["steps"]
-        self.net = ResidualDenoiser(
-            obs_dim,
-            act_dim,
-            cfg["hidden"],
-            cfg["blocks"],
-            cfg["time_dim"],
-            cfg["dropout"],
-            cfg.get("expand", 4),
-        )
+        self.net = make_denoiser(obs_dim, act_dim, cfg)
         betas = vp_betas(self.steps)
         alphas = 1 - betas
         self.register_buffer("betas", betas)

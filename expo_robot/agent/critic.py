@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from expo_robot.agent.nets import EnsembleMLP
+from expo_robot.agent.nets import EnsembleMLP, grad_norm
 
 
 class EnsembleCritic(nn.Module):
@@ -42,3 +42,27 @@ def make_target(critic: nn.Module) -> nn.Module:
 def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
     for t, o in zip(target.parameters(), online.parameters()):
         t.lerp_(o, tau)
+
+
+def critic_regression_step(
+    critic: nn.Module,
+    critic_target: nn.Module,
+    opt: torch.optim.Optimizer,
+    t: dict,
+    target: torch.Tensor,
+    tau: float,
+) -> dict[str, float]:
+    """One squared-TD step of every member towards `target` [B], then the Polyak update of the target."""
+    q = critic(t["obs"], t["action"])  # [E, B]
+    loss = ((q - target) ** 2).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = grad_norm(critic.parameters())
+    opt.step()
+    soft_update(critic_target, critic, tau)
+    return {
+        "critic/loss": float(loss.detach()),
+        "critic/grad_norm": gnorm,
+        "q/mean": float(q.detach().mean()),
+        "q/target_mean": float(target.mean()),
+    }

@@ -11,7 +11,12 @@ import torch
 
 from expo_robot.agent.bc import BCAgent
 from expo_robot.agent.core import Temperature
-from expo_robot.agent.critic import EnsembleCritic, make_target, random_subset, soft_update
+from expo_robot.agent.critic import (
+    EnsembleCritic,
+    critic_regression_step,
+    make_target,
+    random_subset,
+)
 from expo_robot.agent.gaussian import EditPolicy
 from expo_robot.agent.nets import grad_norm
 from expo_robot.agent.proposal_cache import ProposalCache
@@ -109,20 +114,9 @@ class ExpoAgent(BCAgent):
 
     def critic_step(self, t: dict, batch: dict | None = None) -> dict[str, float]:
         target, _ = self.td_target(t, batch)
-        q = self.critic(t["obs"], t["action"])  # [E, B]
-        loss = ((q - target) ** 2).mean()
-        opt = self.optims["critic"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = grad_norm(self.critic.parameters())
-        opt.step()
-        soft_update(self.critic_target, self.critic, self.cfg["critic"]["tau"])
-        return {
-            "critic/loss": float(loss.detach()),
-            "critic/grad_norm": gnorm,
-            "q/mean": float(q.detach().mean()),
-            "q/target_mean": float(target.mean()),
-        }
+        return critic_regression_step(
+            self.critic, self.critic_target, self.optims["critic"], t, target, self.cfg["critic"]["tau"]
+        )
 
     # ----- edit policy and temperature -----
     def edit_step(self, t: dict) -> dict[str, float]:

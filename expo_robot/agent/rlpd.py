@@ -7,7 +7,12 @@ from collections.abc import Callable
 import torch
 
 from expo_robot.agent.core import AgentCore, Temperature
-from expo_robot.agent.critic import EnsembleCritic, make_target, random_subset, soft_update
+from expo_robot.agent.critic import (
+    EnsembleCritic,
+    critic_regression_step,
+    make_target,
+    random_subset,
+)
 from expo_robot.agent.gaussian import GaussianActor
 from expo_robot.agent.nets import grad_norm
 from expo_robot.data.replay import sample_symmetric
@@ -52,20 +57,9 @@ class RLPDAgent(AgentCore):
             target = t["reward"] + t["discount"] * self.critic_target.min_over(
                 t["next_obs"], next_action, subset
             )
-        q = self.critic(t["obs"], t["action"])
-        loss = ((q - target) ** 2).mean()
-        opt = self.optims["critic"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = grad_norm(self.critic.parameters())
-        opt.step()
-        soft_update(self.critic_target, self.critic, self.cfg["critic"]["tau"])
-        return {
-            "critic/loss": float(loss.detach()),
-            "critic/grad_norm": gnorm,
-            "q/mean": float(q.detach().mean()),
-            "q/target_mean": float(target.mean()),
-        }
+        return critic_regression_step(
+            self.critic, self.critic_target, self.optims["critic"], t, target, self.cfg["critic"]["tau"]
+        )
 
     def actor_step(self, t: dict) -> dict[str, float]:
         alpha = self.temperature().detach()
