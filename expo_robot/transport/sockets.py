@@ -12,6 +12,7 @@ are counted by reason, logged and dropped), and optional CurveZMQ encryption/aut
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -40,6 +41,19 @@ def address(runtime_cfg: Mapping[str, Any], name: str, host: str | None = None) 
         names = sorted(k[: -len("_port")] for k in runtime_cfg if str(k).endswith("_port"))
         raise TransportError(f"runtime config has no '{key}'; known channels: {', '.join(names)}")
     return f"tcp://{host or runtime_cfg.get('host', '127.0.0.1')}:{int(runtime_cfg[key])}"
+
+
+def free_tcp_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct TCP ports the OS reports free on host right now (bound to port 0 together, then released)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = [socket.socket(family, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass(frozen=True)

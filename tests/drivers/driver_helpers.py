@@ -1,9 +1,8 @@
-"""Shared helpers for the driver tests: free ports, configs, an in-process driver, a driver subprocess."""
+"""Shared helpers for the driver tests: configs, an in-process driver, a driver subprocess."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,23 +13,13 @@ from pathlib import Path
 from drivers.server import Driver
 from expo_robot.config import load_config
 from expo_robot.transport.protocol import client_inbox
-from expo_robot.transport.sockets import Subscriber, address
+from expo_robot.transport.sockets import Subscriber, address, free_tcp_ports
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_ports(n: int = 2) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def make_cfg(tmp_path: Path, *overrides: str):
-    obs, cmd = free_ports(2)
+    obs, cmd = free_tcp_ports(2)
     return load_config(
         [
             "robot=fake",

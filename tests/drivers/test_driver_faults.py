@@ -9,9 +9,10 @@ import time
 
 import numpy as np
 import pytest
-from driver_helpers import REPO, driver_process, free_ports, observer, wait_for
+from driver_helpers import REPO, driver_process, observer, wait_for
 
 from expo_robot.config import load_config
+from expo_robot.transport.sockets import free_tcp_ports
 
 FPS = 10.0
 CLIENT = str(REPO / "tests" / "drivers" / "fault_client.py")
@@ -75,7 +76,7 @@ def one_trial(cfg, sub, chunk_id: int, silent: bool, rng) -> dict:
 
 
 def run_trials(tmp_path, trials: int, silent: bool) -> list[dict]:
-    obs, cmd = free_ports(2)
+    obs, cmd = free_tcp_ports(2)
     overrides = [
         "robot=fake",
         "robot.mode=realtime",

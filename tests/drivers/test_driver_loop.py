@@ -6,13 +6,13 @@ import time
 import msgpack
 import numpy as np
 import pytest
-from driver_helpers import free_ports, make_cfg, observer, running_driver, wait_for
+from driver_helpers import make_cfg, observer, running_driver, wait_for
 
 from drivers.clock import FakeClock
 from drivers.server import Driver
 from expo_robot.config import load_config
 from expo_robot.transport import EStopLatchedError, HandshakeError, PeerTimeoutError, RobotClient
-from expo_robot.transport.sockets import Publisher, address
+from expo_robot.transport.sockets import Publisher, address, free_tcp_ports
 from expo_robot.transport.wire import Message, encode
 
 pytestmark = pytest.mark.timeout(60)
@@ -197,7 +197,7 @@ def test_protocol_version_mismatch_fails_at_handshake(tmp_path):
 
 
 def test_missing_driver_is_a_timeout_error_not_a_hang():
-    obs, cmd = free_ports(2)
+    obs, cmd = free_tcp_ports(2)
     cfg = load_config([f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}"])
     t = time.monotonic()
     with pytest.raises(PeerTimeoutError, match=r"no robot driver answered at tcp://127\.0\.0\.1"):

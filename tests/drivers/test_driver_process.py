@@ -9,16 +9,16 @@ import time
 
 import numpy as np
 import pytest
-from driver_helpers import REPO, driver_process, free_ports, observer, wait_for
+from driver_helpers import REPO, driver_process, observer, wait_for
 
 from expo_robot.config import load_config
 from expo_robot.transport import RobotClient
-from expo_robot.transport.sockets import Puller
+from expo_robot.transport.sockets import Puller, free_tcp_ports
 
 
 @pytest.mark.timeout(90)
 def test_cli_driver_estop_on_sigusr1_and_safe_state_on_sigterm(tmp_path):
-    obs, cmd = free_ports(2)
+    obs, cmd = free_tcp_ports(2)
     args = ["robot=fake", f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}", f"run_dir={tmp_path}"]
     cfg = load_config(args)
     env = {**os.environ, "MUJOCO_GL": "egl"}
@@ -47,7 +47,7 @@ def test_cli_driver_estop_on_sigusr1_and_safe_state_on_sigterm(tmp_path):
 
 @pytest.mark.timeout(90)
 def test_cli_driver_port_in_use_is_a_one_line_error(tmp_path):
-    obs, cmd = free_ports(2)
+    obs, cmd = free_tcp_ports(2)
     args = ["robot=fake", f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}", f"run_dir={tmp_path}"]
     with Puller(f"tcp://127.0.0.1:{obs}"):  # someone else holds the observation port
         out = subprocess.run(
@@ -101,7 +101,7 @@ def run_episode(robot: RobotClient, seed: int, max_steps: int = 100) -> tuple[li
 
 @pytest.mark.timeout(240)
 def test_panda_lockstep_scripted_pick_succeeds_and_is_deterministic(tmp_path):
-    obs_port, cmd_port = free_ports(2)
+    obs_port, cmd_port = free_tcp_ports(2)
     overrides = [
         "robot=sim_panda",
         f"runtime.obs_port={obs_port}",

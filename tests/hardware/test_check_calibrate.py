@@ -10,18 +10,9 @@ from calibration.files import load_camera, load_robot
 from expo_robot.cli import main as cli_main
 from expo_robot.config import load_config
 from expo_robot.runtime import calibrate, check
+from expo_robot.transport.sockets import free_tcp_ports
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def free_ports(n=4):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def port_overrides(ports):
@@ -33,7 +24,7 @@ def rows(checks):
 
 
 def test_default_sim_setup_passes(capsys):
-    cfg = load_config(port_overrides(free_ports()))
+    cfg = load_config(port_overrides(free_tcp_ports(4)))
     assert check.main(cfg, []) == 0
     out = capsys.readouterr().out
     for name in ("robot connect", "safety limits", "port obs", "policy step"):
@@ -42,7 +33,7 @@ def test_default_sim_setup_passes(capsys):
 
 
 def test_busy_port_fails_with_advice():
-    ports = free_ports()
+    ports = free_tcp_ports(4)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", ports[1]))
         busy.listen()
@@ -58,7 +49,7 @@ def test_busy_port_fails_with_advice():
 def test_missing_robot_calibration_fails_with_the_command_to_run(tmp_path):
     with mocked_buses():
         cfg = load_config(["robot=so101", f"robot.calibration_dir={tmp_path}", "robot.port=/dev/mock0",
-                           *port_overrides(free_ports())])  # fmt: skip
+                           *port_overrides(free_tcp_ports(4))])  # fmt: skip
         checks = rows(check.run_checks(cfg))
     assert checks["robot calibration"].ok is False
     assert "no calibration for robot 'so101_follower'" in checks["robot calibration"].detail
@@ -72,7 +63,7 @@ def test_missing_robot_calibration_fails_with_the_command_to_run(tmp_path):
 
 
 def test_cli_exit_code_is_non_zero_on_failure(tmp_path, capfd):
-    argv = ["check", "robot=so101", f"robot.calibration_dir={tmp_path}", *port_overrides(free_ports())]
+    argv = ["check", "robot=so101", f"robot.calibration_dir={tmp_path}", *port_overrides(free_tcp_ports(4))]
     with mocked_buses():
         assert cli_main(argv) == 1
     assert "FAIL" in capfd.readouterr().out
@@ -82,7 +73,7 @@ def test_calibrate_robot_runs_lerobots_flow_and_the_arm_then_connects(tmp_path, 
     monkeypatch.setattr("builtins.input", lambda *_: "")  # the operator presses ENTER at each prompt
     with mocked_buses() as buses:
         cfg = load_config(["robot=so101", f"robot.calibration_dir={tmp_path}", "robot.port=/dev/mock0",
-                           *port_overrides(free_ports())])  # fmt: skip
+                           *port_overrides(free_tcp_ports(4))])  # fmt: skip
         assert calibrate.main(cfg, ["robot"]) == 0
         motors, _ = load_robot(tmp_path, "so101_follower", "so101_follower", None)
         assert (
@@ -98,7 +89,7 @@ def test_calibrate_and_check_a_camera(tmp_path):
     try:
         cfg = load_config(["robot=fake", "cameras=realsense", f"cameras.calibration_dir={tmp_path}",
                            "cameras.list.0.width=64", "cameras.list.0.height=48", "cameras.list.0.warmup_frames=3",
-                           "cameras.list.0.max_age_s=0.2", *port_overrides(free_ports())])  # fmt: skip
+                           "cameras.list.0.max_age_s=0.2", *port_overrides(free_tcp_ports(4))])  # fmt: skip
         missing = check.check_camera(cfg.cameras.list[0], tmp_path, seconds=0.3, device_source=sw.devices)
         assert missing.ok is False and "no calibration for camera 777" in missing.detail
         (_,) = calibrate.calibrate_cameras(cfg.cameras, ["front"], device_source=sw.devices)

@@ -178,11 +178,12 @@ def test_unknown_lerobot_type_lists_valid_ones(tmp_path):
 @pytest.mark.timeout(90)
 def test_driver_ramps_and_rate_limits_the_arm_through_the_safety_layer(tmp_path, buses):
     """The whole driver (sockets, safety layer) in front of the arm: a far target is approached gently."""
-    from driver_helpers import free_ports, running_driver
+    from driver_helpers import running_driver
 
     from expo_robot.transport import RobotClient
+    from expo_robot.transport.sockets import free_tcp_ports
 
-    obs_port, cmd_port = free_ports(2)
+    obs_port, cmd_port = free_tcp_ports(2)
     cfg = arm_config(tmp_path, "so101", "robot.mode=lockstep", f"runtime.obs_port={obs_port}",
                      f"runtime.cmd_port={cmd_port}")  # fmt: skip
     calibrate(tmp_path, cfg)

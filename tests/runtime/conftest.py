@@ -2,13 +2,17 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from expo_robot.transport.sockets import free_tcp_ports
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "drivers"))
+from driver_helpers import wait_for as _wait_for
 
 TINY = [
     "profile=demo",
@@ -22,28 +26,18 @@ TINY = [
 ]
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 class Processes:
     """Processes of one test; everything still running is killed at the end."""
 
     def __init__(self, tmp_path: Path):
         self.tmp = tmp_path
         self.procs: list[subprocess.Popen] = []
-        weights, transitions = free_ports(2)
+        weights, transitions = free_tcp_ports(2)
         self.learner_ports = [f"runtime.weights_port={weights}", f"runtime.transitions_port={transitions}"]
         self.seed_root = f"session.offline.root={tmp_path / 'seed'}"
 
     def robot_ports(self) -> list[str]:
-        obs, cmd = free_ports(2)
+        obs, cmd = free_tcp_ports(2)
         return [f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}"]
 
     def common(self) -> list[str]:
@@ -66,13 +60,10 @@ class Processes:
 
     @staticmethod
     def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval_s)
-        raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        try:
+            return _wait_for(predicate, timeout_s, what, interval_s)
+        except TimeoutError as e:
+            raise AssertionError(str(e)) from None
 
     def close(self) -> None:
         for p in self.procs:

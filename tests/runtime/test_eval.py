@@ -31,6 +31,7 @@ from expo_robot.runtime.evaluate import (
     load_policy,
     stop_reason,
 )
+from expo_robot.transport.sockets import free_tcp_ports
 
 FAKE_SPEC = AgentSpec(6, 4, [-1, -1, -1, 0], [1, 1, 1, 2], 4)  # no simulator needed for loading checks
 
@@ -50,18 +51,6 @@ def tiny_checkpoint(path: Path, agent: str = "expo", seed: int = 0, spec: AgentS
     state = {"agent": a.state_dict(), "config": OmegaConf.to_yaml(cfg, resolve=True),
              "counters": {"updates": 7 * seed, "env_steps": 11 * seed}}  # fmt: skip
     return save_checkpoint(path, state)
-
-
-def free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def result(**kw) -> EpisodeResult:
@@ -150,7 +139,7 @@ def run_folder(tmp_path_factory) -> Path:
 
 
 def run_eval(run_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    obs, cmd = free_ports(2)
+    obs, cmd = free_tcp_ports(2)
     argv = [f"run_dir={run_dir}", f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}", "live=off", *args]
     return subprocess.run(
         [sys.executable, "-m", "expo_robot.cli", "eval", *argv],
@@ -211,7 +200,7 @@ def driver_thread(cfg):
 
 
 def in_process_cfg(run_folder: Path, *overrides: str):
-    obs, cmd = free_ports(2)
+    obs, cmd = free_tcp_ports(2)
     return load_config(
         [
             f"eval.policy={run_folder}",
@@ -292,7 +281,7 @@ def test_an_agent_override_that_does_not_fit_the_checkpoint_is_a_clear_error(run
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ctrl_c_ends_the_evaluation_with_a_report_of_what_ran(run_folder, tmp_path):
-    obs, cmd = free_ports(2)
+    obs, cmd = free_tcp_ports(2)
     run_dir = tmp_path / "eval"
     argv = [f"eval.policy={run_folder}", "eval.episodes=500", "task.max_episode_steps=8", "live=off",
             f"run_dir={run_dir}", f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}"]  # fmt: skip

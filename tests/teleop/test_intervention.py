@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from driver_helpers import free_ports
 
 from expo_robot.observe.metrics import read_metrics
 from expo_robot.runtime.checkpoint import load_checkpoint
+from expo_robot.transport.sockets import free_tcp_ports
 
 REPO = Path(__file__).resolve().parents[2]
 START, STEPS = 4, 8  # the operator holds executed steps [4, 12) of every episode
@@ -25,7 +25,7 @@ TINY = [
 @pytest.mark.slow
 @pytest.mark.timeout(700)
 def test_scripted_takeover_during_finetune_reaches_the_learner(tmp_path):
-    obs, cmd, weights, transitions = free_ports(4)
+    obs, cmd, weights, transitions = free_tcp_ports(4)
     run = tmp_path / "run"
     args = [
         *TINY, f"run_dir={run}", f"session.offline.root={tmp_path / 'seed'}",

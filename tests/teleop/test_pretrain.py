@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from driver_helpers import free_ports
 
 from expo_robot.config import load_config
 from expo_robot.observe.metrics import read_metrics
 from expo_robot.runtime.checkpoint import load_checkpoint
 from expo_robot.runtime.learner import Learner
 from expo_robot.runtime.pretrain import main as pretrain_main
+from expo_robot.transport.sockets import free_tcp_ports
 
 
 def tensors(d, prefix=""):
@@ -44,7 +44,7 @@ def test_pretrain_checkpoint_starts_the_learner(tmp_path, capsys):
     ckpt = load_checkpoint(run)  # the run folder itself works too (checkpoints/latest.pt)
     assert set(ckpt) == {"agent", "config"} and "pretrain" in ckpt["config"]
 
-    weights, transitions = free_ports(2)
+    weights, transitions = free_tcp_ports(2)
     cfg = load_config([
         *common, f"session.pretrained={summary['checkpoint']}", "session.pretrain_steps=0",
         f"runtime.weights_port={weights}", f"runtime.transitions_port={transitions}", f"run_dir={tmp_path / 'learn'}",

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from driver_helpers import free_ports
 
 from expo_robot.config import load_config
 from expo_robot.data.dataset_cli import check
 from expo_robot.data.dataset_io import read_dataset, repair_dataset
 from expo_robot.runtime.record import record
+from expo_robot.transport.sockets import free_tcp_ports
 
 REPO = Path(__file__).resolve().parents[2]
 FPS = 30
@@ -24,7 +24,7 @@ WINDOW = 10  # frames before / after each episode boundary
 
 
 def record_overrides(tmp_path: Path, *extra: str) -> list[str]:
-    obs, cmd = free_ports(2)
+    obs, cmd = free_tcp_ports(2)
     return [
         "teleop=scripted", "live=off", f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}",
         f"run_dir={tmp_path / 'run'}", *extra,

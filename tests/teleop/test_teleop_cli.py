@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from driver_helpers import free_ports
+
+from expo_robot.transport.sockets import free_tcp_ports
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,7 +55,7 @@ class Pty:
 
 @pytest.mark.timeout(240)
 def test_keyboard_teleop_in_a_terminal(tmp_path):
-    obs, cmd = free_ports(2)
+    obs, cmd = free_tcp_ports(2)
     term = Pty([
         sys.executable, "-m", "expo_robot.cli", "teleop", "teleop=keyboard", "teleop.episodes=0", "live=off",
         f"run_dir={tmp_path / 'run'}", f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}",
