@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -92,34 +92,21 @@ def test_append_to_existing_dataset_keeps_episodes(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_add_frame_never_waits_for_a_save(tmp_path):
-    """A 100 Hz loop across 4 episode boundaries: no add_frame/end_episode call waits for the disk."""
+    """The control loop goes on across 4 episode boundaries while the save thread is held: no call waits for it."""
     rng = np.random.default_rng(2)
     w = EpisodeWriter(tmp_path / "ds", fps=100, features=dataset_features(21, 4), task="t", durable=True)
-    calls, boundary_calls = [], []
+    gate, real_save = threading.Event(), w._save
+    w._save = lambda episode: (gate.wait(60), real_save(episode))  # a disk that does not answer
     for _ in range(4):
         for _ in range(150):
-            t0 = time.perf_counter()
             w.add_frame(rng.normal(size=21), rng.normal(size=4), 0.0)
-            calls.append(time.perf_counter() - t0)
-            time.sleep(0.01)  # the control loop's idle time (the background save runs meanwhile)
-        t0 = time.perf_counter()
         w.end_episode()
-        boundary_calls.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
+    assert w.saved_episodes == 0  # every call above returned while no save could finish
+    gate.set()
     assert w.wait(timeout=60)
     w.close()
-    drain = time.perf_counter() - t0
-    calls_ms = np.array(calls) * 1e3
-    print(
-        f"add_frame ms: median {np.median(calls_ms):.3f} p99 {np.percentile(calls_ms, 99):.3f} "
-        f"max {calls_ms.max():.3f}; end_episode max {max(boundary_calls) * 1e3:.3f} ms; "
-        f"final drain {drain:.2f} s"
-    )
-    # A durable lerobot save takes ~100-500 ms here; these bounds show no call ever waited for one.
-    assert np.median(calls_ms) < 1.0
-    assert calls_ms.max() < 30.0
-    assert max(boundary_calls) * 1e3 < 30.0
-    assert len(load_episodes(tmp_path / "ds")) == 4
+    assert w.saved_episodes == 4
+    assert [len(e.actions) for e in load_episodes(tmp_path / "ds")] == [150] * 4
 
 
 @pytest.mark.timeout(120)
