@@ -18,6 +18,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import zmq
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
@@ -95,6 +96,8 @@ class Schema:
     fields: Mapping[str, FieldSpec] = field(default_factory=dict)
     meta: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
     max_bytes: int = DEFAULT_MAX_BYTES
+    # header "fields" already validated against this schema -> their layout (see _layout)
+    _layouts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 def _as_wire_array(name: str, value: Any) -> tuple[np.ndarray, str]:
@@ -135,8 +138,16 @@ def encode(
 
 
 def _buffer(frame: Any) -> memoryview:
-    buf = frame.buffer if hasattr(frame, "buffer") else frame  # zmq.Frame (copy=False) or bytes
-    return memoryview(buf).cast("B")
+    if type(frame) is zmq.Frame:  # (copy=False receives; its buffer is already a byte view)
+        return frame.buffer
+    return memoryview(frame.buffer if hasattr(frame, "buffer") else frame).cast("B")
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    # x.x is finite when every x is (one C call); it overflows only for huge values, then check element-wise
+    if arr.ndim == 1 and math.isfinite(arr.dot(arr)):
+        return True
+    return bool(np.isfinite(arr).all())
 
 
 def _unpack_header(raw: memoryview) -> dict:
@@ -176,48 +187,99 @@ def _check_header(h: dict) -> None:
         raise WireError("header_fields", f"fields must be a list of at most {MAX_FIELDS} entries")
 
 
-def _field_array(entry: Any, buf: memoryview, budget: int) -> tuple[str, np.ndarray, int]:
-    if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)):
-        raise WireError("field_entry", "each field must be [name, dtype, shape]")
-    name, dtype, shape = entry
-    if dtype not in ALLOWED_DTYPES:
-        raise WireError("dtype", f"field '{name[:40]}' has dtype {str(dtype)[:20]!r}, not allowed")
-    if not _valid_shape(shape):
-        raise WireError(
-            "shape", f"field '{name[:40]}' shape must be a list of <= {MAX_NDIM} non-negative ints"
+# One validated array: name, dtype, shape, byte count, whether values must be finite.
+_Entry = tuple[str, str, tuple[int, ...], int, bool]
+_MAX_LAYOUTS = (
+    256  # per schema: a sender uses a handful; random headers must not grow the cache without bound
+)
+_ANY_TYPE_LAYOUTS: dict = {}  # layouts validated without a schema
+
+
+def _layout(fields: list, spec: Schema | None) -> tuple[_Entry, ...]:
+    """The arrays a header declares, checked once per distinct header against the schema, then reused.
+
+    Everything here depends only on the header's field list: names, dtypes, shapes, sizes, required and extra
+    fields. Per-message checks (buffer sizes, finite values, meta) stay in `decode`.
+    """
+    key = _layout_key(fields)
+    cache = _ANY_TYPE_LAYOUTS if spec is None else spec._layouts
+    layout = cache.get(key) if key is not None else None
+    if layout is None:
+        layout = _check_layout(fields, spec)
+        if key is not None:
+            if len(cache) >= _MAX_LAYOUTS:
+                cache.clear()
+            cache[key] = layout
+    return layout
+
+
+def _layout_key(fields: Any) -> tuple | None:
+    """A hashable copy of a well-typed field list, or None (then it is checked in full and not cached)."""
+    try:
+        key = tuple((name, dtype, tuple(shape)) for name, dtype, shape in fields)
+    except (TypeError, ValueError):
+        return None
+    for name, dtype, shape in key:  # exact types: True == 1 and 2.0 == 2 must not alias a cached layout
+        if type(name) is not str or type(dtype) is not str or not all(type(d) is int for d in shape):
+            return None
+    return key
+
+
+def _check_layout(fields: list, spec: Schema | None) -> tuple[_Entry, ...]:
+    budget = spec.max_bytes if spec is not None else DEFAULT_MAX_BYTES
+    entries: dict[str, _Entry] = {}
+    for entry in fields:
+        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)):
+            raise WireError("field_entry", "each field must be [name, dtype, shape]")
+        name, dtype, shape = entry
+        if dtype not in ALLOWED_DTYPES:
+            raise WireError("dtype", f"field '{name[:40]}' has dtype {str(dtype)[:20]!r}, not allowed")
+        if not _valid_shape(shape):
+            raise WireError(
+                "shape", f"field '{name[:40]}' shape must be a list of <= {MAX_NDIM} non-negative ints"
+            )
+        nbytes = math.prod(shape) * _ITEMSIZE[dtype]
+        if nbytes > budget:
+            raise WireError("size", f"field '{name[:40]}' declares {nbytes} bytes, over the size limit")
+        if name in entries:
+            raise WireError("field_entry", f"array '{name[:40]}' appears twice")
+        budget -= nbytes
+        want = spec.fields.get(name) if spec is not None else None  # finite values are a schema rule
+        entries[name] = (
+            name,
+            dtype,
+            tuple(shape),
+            nbytes,
+            dtype.startswith("float") and bool(want and want.finite),
         )
-    nbytes = math.prod(shape) * _ITEMSIZE[dtype]
-    if nbytes > budget:
-        raise WireError("size", f"field '{name[:40]}' declares {nbytes} bytes, over the size limit")
-    if len(buf) != nbytes:
-        raise WireError("buffer_size", f"field '{name[:40]}' has {len(buf)} bytes, header says {nbytes}")
-    arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
-    arr.flags.writeable = False  # a view on the received buffer: copy before changing it
-    return name, arr, nbytes
+    if spec is not None:
+        _check_fields_against(spec, entries)
+    return tuple(entries.values())
 
 
-def _check_schema(msg: Message, schema: Schema) -> None:
-    for name, spec in schema.fields.items():
-        if name not in msg.arrays:
-            if spec.required:
-                raise WireError("missing_field", f"'{msg.type}' needs array '{name}'")
+def _check_fields_against(spec: Schema, entries: dict[str, _Entry]) -> None:
+    for name, want in spec.fields.items():
+        if name not in entries:
+            if want.required:
+                raise WireError("missing_field", f"'{spec.type}' needs array '{name}'")
             continue
-        arr = msg.arrays[name]
-        if _NAME_OF[arr.dtype] != spec.dtype:
-            raise WireError("dtype", f"'{msg.type}.{name}' must be {spec.dtype}, got {arr.dtype}")
-        if spec.shape is not None and not _shape_matches(arr.shape, spec.shape):
-            raise WireError("shape", f"'{msg.type}.{name}' must have shape {spec.shape}, got {arr.shape}")
-        if spec.finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise WireError("not_finite", f"'{msg.type}.{name}' holds NaN or Inf")
-    extra = set(msg.arrays) - set(schema.fields)
+        _, dtype, shape, _, _ = entries[name]
+        if dtype != want.dtype:
+            raise WireError("dtype", f"'{spec.type}.{name}' must be {want.dtype}, got {dtype}")
+        if want.shape is not None and not _shape_matches(shape, want.shape):
+            raise WireError("shape", f"'{spec.type}.{name}' must have shape {want.shape}, got {shape}")
+    extra = set(entries) - set(spec.fields)
     if extra:
-        raise WireError("extra_field", f"'{msg.type}' does not take arrays {sorted(extra)[:4]}")
-    for key, kind in schema.meta.items():
-        value = msg.meta.get(key)
+        raise WireError("extra_field", f"'{spec.type}' does not take arrays {sorted(extra)[:4]}")
+
+
+def _check_meta(msg_type: str, meta: dict, spec: Schema) -> None:
+    for key, kind in spec.meta.items():
+        value = meta.get(key)
         if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
-            raise WireError("meta", f"'{msg.type}' meta '{key}' must be {kind}, got {type(value).__name__}")
+            raise WireError("meta", f"'{msg_type}' meta '{key}' must be {kind}, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
-            raise WireError("not_finite", f"'{msg.type}' meta '{key}' is NaN or Inf")
+            raise WireError("not_finite", f"'{msg_type}' meta '{key}' is NaN or Inf")
 
 
 def _valid_shape(shape: Any) -> bool:
@@ -250,21 +312,21 @@ def decode(frames: Sequence[Any], schema: Schema | Mapping[str, Schema] | None =
     _check_header(header)
     if len(header["fields"]) != len(frames) - 1:
         raise WireError("frame_count", f"header lists {len(header['fields'])} arrays, got {len(frames) - 1}")
-    spec = _pick_schema(header["type"], schema)
-    budget = spec.max_bytes if spec is not None else DEFAULT_MAX_BYTES
+    msg_type = header["type"]
+    spec = _pick_schema(msg_type, schema)
     arrays: dict[str, np.ndarray] = {}
-    for entry, frame in zip(header["fields"], frames[1:]):
-        name, arr, nbytes = _field_array(entry, _buffer(frame), budget)
-        if name in arrays:
-            raise WireError("field_entry", f"array '{name[:40]}' appears twice")
+    for (name, dtype, shape, nbytes, finite), frame in zip(_layout(header["fields"], spec), frames[1:]):
+        buf = _buffer(frame)
+        if len(buf) != nbytes:
+            raise WireError("buffer_size", f"field '{name[:40]}' has {len(buf)} bytes, header says {nbytes}")
+        arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
+        arr.flags.writeable = False  # a view on the received buffer: copy before changing it
+        if finite and not _all_finite(arr):
+            raise WireError("not_finite", f"'{msg_type}.{name}' holds NaN or Inf")
         arrays[name] = arr
-        budget -= nbytes
-    msg = Message(
-        header["type"], header["seq"], float(header["stamp"]), header["meta"], arrays, header["wall"]
-    )
     if spec is not None:
-        _check_schema(msg, spec)
-    return msg
+        _check_meta(msg_type, header["meta"], spec)
+    return Message(msg_type, header["seq"], float(header["stamp"]), header["meta"], arrays, header["wall"])
 
 
 def _pick_schema(msg_type: str, schema: Schema | Mapping[str, Schema] | None) -> Schema | None:
