@@ -150,9 +150,12 @@ class TerminalKeys:
     child process, whose stdin is not the terminal). A terminal sends no key-up: a key counts as held while it
     repeats (auto-repeat) and released `release_s` after its last repeat."""
 
-    def __init__(self, release_s: float = 0.12, stream: Any = None):
+    def __init__(self, release_s: float = 0.12, stream: Any = None, path: str | None = None):
         self.release_s = release_s
         self.stream = stream
+        self.path = (
+            path or "/dev/tty"
+        )  # `expo-robot finetune` names its own terminal for the driver it starts
         self._inner = QueueKeys()
         self._last: dict[str, float] = {}
         self._stop = threading.Event()
@@ -165,12 +168,14 @@ class TerminalKeys:
         import tty
 
         if self.stream is None:
-            try:
-                self.stream = open("/dev/tty", "rb", buffering=0)  # noqa: SIM115 (closed in stop())
+            try:  # O_NOCTTY: reading the keys must not make it this process's controlling terminal
+                fd = os.open(self.path, os.O_RDONLY | os.O_NOCTTY)
+                self.stream = open(fd, "rb", buffering=0)  # noqa: SIM115 (closed in stop())
                 self._owned = True
             except OSError as e:
                 raise TeleopError(
-                    f"teleop.source=terminal needs a terminal ({e}); run from one, or use teleop.source=pynput"
+                    f"teleop.source=terminal needs a terminal ({self.path}: {e}); run from one, or use "
+                    "teleop.source=pynput"
                 ) from e
         if not self.stream.isatty():
             raise TeleopError("teleop.source=terminal needs an interactive terminal (stdin is not a tty)")
@@ -244,7 +249,10 @@ class PynputKeys:
             self._teleop.disconnect()
 
 
-KEY_SOURCES: dict[str, Callable[[], KeySource]] = {"terminal": TerminalKeys, "pynput": PynputKeys}
+KEY_SOURCES: dict[str, Callable[[Any], KeySource]] = {
+    "terminal": lambda cfg: TerminalKeys(path=cfg.get("tty")),
+    "pynput": lambda cfg: PynputKeys(),
+}
 
 
 class KeyboardTeleop(TeleopDevice):
@@ -257,7 +265,7 @@ class KeyboardTeleop(TeleopDevice):
     def __init__(self, cfg: Any, robot: Any, source: KeySource | None = None):
         super().__init__()
         self.name = "keyboard"
-        self.source = source or KEY_SOURCES[str(cfg.get("source", "terminal"))]()
+        self.source = source or KEY_SOURCES[str(cfg.get("source", "terminal"))](cfg)
         self.action_dim = int(robot.action_dim)
         self.low, self.high = (
             np.asarray(robot.action_low, np.float32),

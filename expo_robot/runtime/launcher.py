@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -41,6 +42,18 @@ def _detach_and_follow() -> None:
     os.setsid()
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def operator_terminal(cfg: DictConfig, stdin: Any) -> list[str]:
+    """The driver runs in its own session, without a terminal: a keyboard operator's keys (takeover, success,
+    e-stop) are read from the launcher's terminal, named to the driver by path."""
+    teleop = cfg.get("teleop") or {}
+    if teleop.get("type") != "keyboard" or teleop.get("source") != "terminal" or teleop.get("tty"):
+        return []
+    try:
+        return [f"teleop.tty={os.ttyname(stdin.fileno())}"] if stdin.isatty() else []
+    except (OSError, ValueError):  # no terminal (CI, a service): the driver reports that it cannot read keys
+        return []
 
 
 def _interrupt(*_: object) -> None:
@@ -132,7 +145,7 @@ class Launcher:
     def run(self) -> int:
         # SIGTERM (e.g. from a supervisor) stops the session like Ctrl-C: children are in their own sessions.
         signal.signal(signal.SIGTERM, _interrupt)
-        self.start("driver")
+        self.start("driver", operator_terminal(self.cfg, sys.stdin))
         self.start("learner")
         self.start("actor", ["actor_id=actor-0"])
         tail = MetricsTail(self.run_dir / M.METRICS_FILE)

@@ -1,6 +1,9 @@
 """Keyboard and lerobot device handling without a person or a display: injected key sources, a pty, mocks."""
 
 import os
+import subprocess
+import sys
+import textwrap
 import time
 
 import numpy as np
@@ -94,6 +97,43 @@ def test_terminal_keys_through_a_pty_release_after_the_last_repeat():
         finally:
             src.stop()
             os.close(master)
+
+
+def test_keys_typed_in_the_launchers_terminal_reach_a_driver_without_one():
+    """`finetune` starts the driver in its own session (no controlling terminal) and names the launcher's terminal."""
+    from expo_robot.runtime.launcher import operator_terminal
+
+    master, slave = os.openpty()
+    try:
+        cfg = OmegaConf.create({"teleop": {"type": "keyboard", "source": "terminal", "tty": None}})
+        with os.fdopen(os.dup(slave)) as stdin:
+            (override,) = operator_terminal(cfg, stdin)
+        assert override == f"teleop.tty={os.ttyname(slave)}"
+        tty = override.split("=", 1)[1]
+        reader = textwrap.dedent(f"""
+            import os, time
+            from drivers.teleop import TerminalKeys
+            os.setsid()  # like the launcher's children: a new session, no controlling terminal
+            src = TerminalKeys(path={tty!r}); src.start(); print("ready", flush=True)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                keys = [k for k, down in src.poll() if down]
+                if keys:
+                    print("keys", keys, flush=True); break
+                time.sleep(0.02)
+            src.stop()
+        """)
+        proc = subprocess.Popen([sys.executable, "-c", reader], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        os.write(master, b"t")
+        out, _ = proc.communicate(timeout=20)
+        assert "keys ['t']" in out
+        with open(os.devnull) as not_a_tty:  # CI / a service: nothing to pass on
+            assert operator_terminal(cfg, not_a_tty) == []
+            assert operator_terminal(OmegaConf.create({"teleop": {"type": "scripted"}}), not_a_tty) == []
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 def test_terminal_keys_refuse_a_non_terminal():
