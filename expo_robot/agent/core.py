@@ -73,7 +73,8 @@ class AgentCore:
         }
 
     def obs_tensor(self, state: np.ndarray) -> torch.Tensor:
-        s = torch.as_tensor(np.asarray(state, np.float32), device=self.device)
+        # a copy: observations are read-only views on received messages, which torch must not alias
+        s = torch.from_numpy(np.array(state, np.float32)).to(self.device)
         return self.norm.obs(s.reshape(-1, self.spec.state_dim))
 
     def to_env(self, action: torch.Tensor) -> np.ndarray:

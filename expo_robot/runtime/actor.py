@@ -62,6 +62,27 @@ class EpisodeResult:
     # the driver's safety snapshot at the end (state, reason, counters), and when each step ran (loop cadence)
     safety: dict = field(default_factory=dict)
     step_wall: list[float] = field(default_factory=list)
+    label: str = ""  # "success" / "failure" when the operator ended the episode with a key
+
+
+class OperatorLabels:
+    """The operator's episode labels. The driver counts their keys (`operator.success`, `operator.failure`) in
+    every observation it publishes, so a key pressed between two steps, or a lost message, is never missed."""
+
+    KEYS = ("success", "failure")
+
+    def __init__(self) -> None:
+        self.base: dict[str, int] = {}
+
+    def start(self, counters: dict) -> None:
+        self.base = {k: int(counters.get(f"operator.{k}", 0)) for k in self.KEYS}
+
+    def pressed(self, counters: dict) -> str:
+        """The label pressed since `start` ("" if none); success wins if both were."""
+        for k in self.KEYS:
+            if int(counters.get(f"operator.{k}", 0)) > self.base.get(k, 0):
+                return k
+        return ""
 
 
 class LearnerLink:
@@ -182,6 +203,8 @@ class Actor:
         self.episode_seed = int(cfg.seed) * 100_000
         self.robot_episode = -1  # the driver's episode counter, as last seen
         self.writer: EpisodeWriter | None = None
+        self.labels = OperatorLabels()
+        self.success_reward = float(self.session.get("operator_success_reward", 1.0))
 
     # ---- set-up ----
     def connect(self, agent_state: dict | None = None) -> None:
@@ -196,7 +219,7 @@ class Actor:
             seed=int(self.cfg.seed),
         )
         log.info("%s: robot %s (%s, %.0f Hz)", self.id, spec.robot, spec.mode, spec.fps)
-        if self.link is not None and self.session.get("record_episodes", True):
+        if self.session.get("record_episodes", True):
             features = dataset_features(spec.state_dim, spec.action_dim, capture_time=True)
             self.writer = EpisodeWriter(
                 self.run_dir / "episodes" / self.id, round(spec.fps), features, self.cfg.task.description,
@@ -279,11 +302,13 @@ class Actor:
             self.episode_seed += 1
             seed = self.episode_seed
         obs = self._reset(seed)
+        self.labels.start((self.robot.latest or obs).counters)
         states, actions, rewards, flags, stamps = [obs.state], [], [], [], [obs.stamp]
         result = EpisodeResult(False, 0.0, 0, 0)
         self.last_loop = obs.loop
+        terminated = False
         try:
-            while True:
+            while not terminated:
                 if self.link is not None:
                     self.link.poll()
                     self._load_weights()
@@ -311,9 +336,12 @@ class Actor:
                     self.last_loop = obs.loop
                     result.step_wall.append(obs.wall)
                     result.success |= bool(obs.success)
-                    if obs.terminated or obs.truncated or obs.t >= last_due:
+                    terminated = bool(obs.terminated) or self._operator_label(result, rewards)
+                    if terminated or obs.truncated:
                         break
-                if obs.terminated or obs.truncated:
+                    if obs.t >= last_due:
+                        break
+                if obs.truncated:
                     break
         except EpisodeAborted as e:
             result.stop_reason = str(e)
@@ -329,7 +357,7 @@ class Actor:
                     np.stack(states),
                     np.stack(actions),
                     np.asarray(rewards),
-                    bool(obs.terminated),
+                    terminated,
                     self.chunk,
                     self.gamma,
                     stride=1,
@@ -337,7 +365,7 @@ class Actor:
                 )
                 self.link.submit(batch, len(actions))
             self._log_episode(result)
-            self._record(states, actions, rewards, flags, stamps, result, obs)
+        self._record(states, actions, rewards, flags, stamps, result, terminated)
         for ms in result.latencies_ms:  # one record per decision: the latency histogram and percentiles
             self.metrics.log(self.env_steps, "actor", **{M.POLICY_LATENCY_MS: ms})
         if self.robot.spec.mode == "realtime" and len(stamps) > 1:
@@ -345,7 +373,22 @@ class Actor:
                 self.metrics.log(self.env_steps, "driver", **{M.LOOP_PERIOD_MS: 1e3 * float(period)})
         return result
 
-    def _record(self, states, actions, rewards, flags, stamps, result: EpisodeResult, last) -> None:
+    def _operator_label(self, result: EpisodeResult, rewards: list[float]) -> bool:
+        """An operator's success/failure key ends the episode as a terminal one; success is rewarded on the step
+        it was pressed (the task's own success counts too, so in the simulator either can end an episode)."""
+        label = self.labels.pressed(self.robot.latest.counters if self.robot.latest else {})
+        if not label:
+            return False
+        result.label = label
+        if label == "success":
+            result.success = True
+            rewards[-1] = max(float(rewards[-1]), self.success_reward)
+        log.info("%s: the operator labels the episode a %s", self.id, label)
+        return True
+
+    def _record(
+        self, states, actions, rewards, flags, stamps, result: EpisodeResult, terminated: bool
+    ) -> None:
         """The episode as the robot lived it (executed actions, flags, driver-clock times), saved off this thread,
         so the online data of one session can seed the next (`session.offline.datasets=[<run>/episodes/<actor>]`)."""
         if self.writer is None or not actions:
@@ -356,7 +399,7 @@ class Actor:
                 states[t], action, rewards[t], intervention=bool(flags[t]), success=end and result.success,
                 safety_stop=end and bool(result.stop_reason), capture_time=float(stamps[t]),
             )  # fmt: skip
-        self.writer.end_episode(truncated=not last.terminated)
+        self.writer.end_episode(truncated=not terminated)
 
     def _log_episode(self, r: EpisodeResult) -> None:
         lat = latency_summary(r.latencies_ms) if r.latencies_ms else {}

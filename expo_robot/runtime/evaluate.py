@@ -157,7 +157,7 @@ def _labels(policies: list[Policy]) -> None:
 
 # ---- episodes ----
 def stop_reason(r: EpisodeResult) -> str:
-    """Why an episode ended, in the names of observe/summary.py; safety stops and the e-stop are failures."""
+    """Why an episode ended; safety stops, the e-stop and an operator's failure key are failures."""
     state, why = r.safety.get("state", ""), str(r.safety.get("reason", ""))
     if r.stop_reason:
         if state == "estop" or r.stop_reason.startswith("estop"):
@@ -165,6 +165,8 @@ def stop_reason(r: EpisodeResult) -> str:
         if state in ("hold", "safe_state"):
             return "safety:watchdog"
         return "stalled"
+    if r.label == "failure":  # the operator's key, e.g. on hardware where the task has no success detector
+        return "operator:failure"
     if r.success:
         return "success"
     if why.startswith("episode limit"):
@@ -254,7 +256,7 @@ class Evaluation:
             actor.close()
         if self.halted:
             log.error("%s: evaluation ended after %d episodes: %s", policy.label, len(episodes), self.halted)
-        return self._result(policy, episodes, latencies, periods)
+        return self._result(policy, index, episodes, latencies, periods)
 
     def _counters(self, actor: Actor) -> dict:
         if self.counters is not None:
@@ -291,7 +293,7 @@ class Evaluation:
         log.info("%s episode %d: %s (%d steps)", policy.label, len(episodes), ep["stop_reason"], ep["length"])
 
     def _result(
-        self, policy: Policy, episodes: list[dict], latencies: list[float], periods: list[float]
+        self, policy: Policy, index: int, episodes: list[dict], latencies: list[float], periods: list[float]
     ) -> dict:
         cfg = self.cfg
         events: dict[str, int] = {}
@@ -311,6 +313,9 @@ class Evaluation:
             f"{policy.trained['env_steps']} env steps",
             "safety max_episode_steps": cfg.safety.max_episode_steps,
             "safety-layer events": ", ".join(f"{k} {v}" for k, v in events.items()) or "none",
+            "episodes recorded to": str(self.run_dir / "episodes" / f"eval-{index}")
+            if cfg.session.get("record_episodes", True)
+            else "not recorded (session.record_episodes=false)",
         }
         if len(episodes) < self.n:
             config["ended early"] = self.halted or "stopped by the operator (Ctrl-C)"
