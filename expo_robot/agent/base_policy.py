@@ -6,6 +6,8 @@ Both work in normalised action space ([-1, 1]^(H*A)) and share one interface:
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -25,13 +27,42 @@ def make_denoiser(obs_dim: int, act_dim: int, cfg: dict) -> ResidualDenoiser:
     )
 
 
+class _Euler(nn.Module):
+    """The Euler loop of a flow, as a module so that torch.jit.trace can record it (parameters stay shared)."""
+
+    def __init__(self, net: nn.Module, steps: int):
+        super().__init__()
+        self.net, self.steps = net, steps
+
+    def forward(self, obs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        dt = 1.0 / self.steps
+        for i in range(self.steps):
+            x = x + dt * self.net(obs, x, torch.full((1, 1), i * dt, device=obs.device))
+        return x
+
+
 class FlowBase(nn.Module):
-    """Rectified flow from N(0, I) (t=0) to the data (t=1), Euler integration with `steps` steps."""
+    """Rectified flow from N(0, I) (t=0) to the data (t=1), Euler integration with `steps` steps.
+
+    Sampling runs the Euler loop as a traced TorchScript graph per input shape (`base.jit`, default on): the
+    same operations without Python between the ~150 small ones, ~3x faster on a CPU, where this loop is most of a
+    policy step. The graph shares the module's parameters, so optimiser steps, EMA updates and loaded weights
+    apply to it as they are.
+    """
+
+    MAX_GRAPHS = 8  # shapes differ between acting, evaluation batches and backups; beyond this, run eagerly
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: dict):
         super().__init__()
         self.act_dim, self.steps = act_dim, cfg["steps"]
         self.net = make_denoiser(obs_dim, act_dim, cfg)
+        self.jit = bool(cfg.get("jit", True))
+        self.__dict__["_graphs"] = {}  # (shape, steps, training) -> traced _Euler; not a submodule, not saved
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_graphs"] = {}  # a copy (e.g. the EMA base) traces its own graphs over its own parameters
+        return state
 
     def loss(self, obs: torch.Tensor, actions: torch.Tensor, generator=None) -> torch.Tensor:
         x0 = torch.randn(actions.shape, device=actions.device, generator=generator)
@@ -45,11 +76,21 @@ class FlowBase(nn.Module):
         b = obs.shape[0]
         o = obs.repeat_interleave(n, dim=0)
         x = torch.randn(b * n, self.act_dim, device=obs.device, generator=generator)
-        dt = 1.0 / steps
-        for i in range(steps):
-            t = torch.full((1, 1), i * dt, device=obs.device)
-            x = x + dt * self.net(o, x, t)
-        return x.clamp(-1, 1).reshape(b, n, self.act_dim)
+        return self._integrate(o, x, steps).clamp(-1, 1).reshape(b, n, self.act_dim)
+
+    def _integrate(self, obs: torch.Tensor, x: torch.Tensor, steps: int) -> torch.Tensor:
+        key = (tuple(obs.shape), steps, self.training)
+        graph = self._graphs.get(key)
+        if graph is None:
+            if not self.jit or len(self._graphs) >= self.MAX_GRAPHS:
+                return _Euler(self.net, steps)(obs, x)
+            with (
+                warnings.catch_warnings()
+            ):  # deprecated for torch.compile, which needs a C++ compiler on a CPU
+                warnings.simplefilter("ignore", DeprecationWarning)
+                graph = torch.jit.trace(_Euler(self.net, steps), (obs, x), check_trace=False)
+            self._graphs[key] = graph
+        return graph(obs, x)
 
 
 def vp_betas(steps: int, b_min: float = 0.1, b_max: float = 10.0) -> torch.Tensor:

@@ -144,7 +144,7 @@ class ExpoAgent(BCAgent):
             "edit/entropy": float(-log_prob.detach().mean()),
             "edit/q": float(q.detach().mean()),
             "edit/size": float((edited - t["action"]).detach().abs().mean()),
-            "alpha": float(self.temperature()),
+            "alpha": float(self.temperature().detach()),
             "alpha/loss": float(alpha_loss.detach()),
         }
 

@@ -81,7 +81,7 @@ class RLPDAgent(AgentCore):
             "actor/loss": float(loss.detach()),
             "actor/grad_norm": gnorm,
             "actor/entropy": float(-log_prob.detach().mean()),
-            "alpha": float(self.temperature()),
+            "alpha": float(self.temperature().detach()),
             "alpha/loss": float(alpha_loss.detach()),
         }
 

@@ -44,3 +44,37 @@ def test_expo_with_ddpm_base_learns_one_update():
     agent = build("expo", base={"kind": "ddpm"}, select={"proposal_steps": None})
     metrics = agent.update(random_buffer(30, 1), random_buffer(30, 2))
     assert np.isfinite(metrics["critic/loss"]) and agent.act(np.zeros(5, np.float32)).shape == (3, 2)
+
+
+def test_traced_flow_sampling_is_the_eager_loop_and_follows_weight_changes():
+    import copy
+
+    torch.manual_seed(0)
+    traced, eager = make_base("flow", 3, 4, CFG), make_base("flow", 3, 4, {**CFG, "jit": False})
+    eager.load_state_dict(traced.state_dict())
+    obs = torch.randn(2, 3)
+
+    def both(n=5):
+        a = traced.sample(obs, n, generator=torch.Generator().manual_seed(1))
+        b = eager.sample(obs, n, generator=torch.Generator().manual_seed(1))
+        return a, b
+
+    torch.testing.assert_close(*both())
+    assert len(traced._graphs) == 1 and not eager._graphs
+    with torch.no_grad():  # an optimiser / EMA step changes the parameters in place
+        for p, q in zip(traced.parameters(), eager.parameters()):
+            p.add_(0.05)
+            q.add_(0.05)
+    torch.testing.assert_close(*both())
+    new = make_base("flow", 3, 4, CFG).state_dict()  # weights from the learner
+    traced.load_state_dict(new)
+    eager.load_state_dict(new)
+    torch.testing.assert_close(*both())
+    ema = copy.deepcopy(traced)  # a copy traces its own graph over its own parameters
+    assert not ema._graphs
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.zero_()
+    g = torch.Generator().manual_seed(1)
+    assert not torch.allclose(ema.sample(obs, 5, generator=g), both()[0])
+    torch.testing.assert_close(*both())
