@@ -8,8 +8,8 @@ whose entry is merged over its top-level fields.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,13 +23,15 @@ __all__ = ["AGENTS", "Agent", "AgentSpec", "AgentStateError", "agent_params", "m
 
 @dataclass(frozen=True)
 class AgentSpec:
-    """What the networks are sized from: flat state, per-step action with its bounds, chunk length H."""
+    """What the networks are sized from: flat state, per-step action with its bounds, chunk length H, and the
+    cameras (name -> (height, width, channels) of uint8 images; none for state-only tasks)."""
 
     state_dim: int
     action_dim: int
     action_low: Any  # [A] env units
     action_high: Any  # [A]
     chunk: int
+    images: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def __post_init__(self):
         low, high = np.asarray(self.action_low, np.float32), np.asarray(self.action_high, np.float32)
@@ -42,8 +44,12 @@ class AgentSpec:
 
 
 class Agent(Protocol):
-    def act(self, state: np.ndarray, mode: str = "explore") -> np.ndarray: ...  # [S] -> [H, A] env units
-    def act_batch(self, states: np.ndarray, mode: str = "explore") -> np.ndarray: ...  # [B, S] -> [B, H, A]
+    # [S] (+ images name -> [H, W, C]) -> [H, A] env units
+    def act(self, state: np.ndarray, mode: str = "explore", images: dict | None = None) -> np.ndarray: ...
+    # [B, S] (+ images name -> [B, H, W, C]) -> [B, H, A]
+    def act_batch(
+        self, states: np.ndarray, mode: str = "explore", images: dict | None = None
+    ) -> np.ndarray: ...
     def pretrain(
         self, offline_buffer, steps: int, progress: Callable[[int, dict], None] | None = None
     ) -> dict: ...

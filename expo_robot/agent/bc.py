@@ -22,9 +22,11 @@ class BCAgent(AgentCore):
     def __init__(self, cfg: dict, spec, device="auto", seed: int = 0):
         super().__init__(cfg, spec, device, seed)
         b = cfg["base"]
-        self.base = make_base(b["kind"], spec.state_dim, self.act_dim, b).to(self.device)
+        self.base = make_base(b["kind"], self.obs_dim, self.act_dim, b).to(self.device)
         self.base_ema = copy.deepcopy(self.base).requires_grad_(False)
-        self.base_opt = torch.optim.AdamW(self.base.parameters(), lr=b["lr"], weight_decay=b["weight_decay"])
+        self.base_opt = torch.optim.AdamW(
+            [*self.base.parameters(), *self.encoder_params()], lr=b["lr"], weight_decay=b["weight_decay"]
+        )
         self.modules.update(base=self.base, base_ema=self.base_ema)
         self.optims["base"] = self.base_opt
 
@@ -54,7 +56,7 @@ class BCAgent(AgentCore):
             for group in self.base_opt.param_groups:
                 group["lr"] = lr
             batch = offline_buffer.sample(pt["batch_size"], self.rng)
-            metrics = self.imitation_step(self.tensors(batch), pt["ema_rate"])
+            metrics = self.imitation_step(self.tensors(batch, encode_grad=True), pt["ema_rate"])
             self.counters["pretrain_steps"] += 1
             if progress is not None and (i + 1) % 100 == 0:
                 progress(i + 1, metrics)

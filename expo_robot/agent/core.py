@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from expo_robot.agent.encoder import ImageEncoder
 from expo_robot.agent.normalize import Normalizer
 
 
@@ -51,6 +52,11 @@ class AgentCore:
         self.rng = np.random.default_rng(seed)  # minibatch indices
         self.norm = Normalizer(spec.state_dim, spec.action_low, spec.action_high, spec.chunk).to(self.device)
         self.modules: dict[str, nn.Module] = {"norm": self.norm}
+        self.encoder: ImageEncoder | None = None
+        if spec.images:  # camera features are appended to the state: networks take obs_dim inputs
+            self.encoder = ImageEncoder(spec.images, cfg.get("encoder")).to(self.device)
+            self.modules["encoder"] = self.encoder
+        self.obs_dim = spec.state_dim + (self.encoder.out_dim if self.encoder is not None else 0)
         self.optims: dict[str, torch.optim.Optimizer] = {}
         self.counters = {"updates": 0, "pretrain_steps": 0}
 
@@ -60,22 +66,46 @@ class AgentCore:
         if not bool(self.norm.fitted) and buffer is not None and len(buffer) > 0:
             self.norm.fit(buffer.data["obs"][: len(buffer)])
 
-    def tensors(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """A replay batch as normalised tensors: obs, action (flat chunk), reward, next_obs, discount."""
+    def tensors(self, batch: dict[str, np.ndarray], encode_grad: bool = False) -> dict[str, torch.Tensor]:
+        """A replay batch as tensors: obs and next_obs features (normalised state, then camera features of
+        randomly shifted images), action (flat normalised chunk), reward, discount. `encode_grad`: obs features
+        keep their graph, so a loss on them trains the image encoder (next_obs never does)."""
         t = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items() if k != "source"}
         b = t["obs"].shape[0]
         return {
-            "obs": self.norm.obs(t["obs"]),
+            "obs": self.features(t, "obs", augment=True, grad=encode_grad),
             "action": self.norm.action(t["actions"].reshape(b, -1)),
             "reward": t["reward"],
-            "next_obs": self.norm.obs(t["next_obs"]),
+            "next_obs": self.features(t, "next_obs", augment=True, grad=False),
             "discount": t["discount"],
         }
 
-    def obs_tensor(self, state: np.ndarray) -> torch.Tensor:
-        # a copy: observations are read-only views on received messages, which torch must not alias
-        s = torch.from_numpy(np.array(state, np.float32)).to(self.device)
-        return self.norm.obs(s.reshape(-1, self.spec.state_dim))
+    def features(self, t: dict[str, torch.Tensor], key: str, augment: bool, grad: bool) -> torch.Tensor:
+        """Normalised state t[key], followed by the encoder's features of images t[f"{key}_image.<camera>"]."""
+        obs = self.norm.obs(t[key].reshape(-1, self.spec.state_dim))
+        if self.encoder is None:
+            return obs
+        images = {name: t[f"{key}_image.{name}"] for name in self.encoder.names}
+        with torch.set_grad_enabled(grad):
+            return torch.cat([obs, self.encoder(images, augment, self.cpu_gen)], dim=-1)
+
+    def obs_tensor(self, state: np.ndarray, images: dict[str, np.ndarray] | None = None) -> torch.Tensor:
+        # copies: observations are read-only views on received messages, which torch must not alias
+        t = {"obs": torch.from_numpy(np.array(state, np.float32)).to(self.device)}
+        if self.encoder is not None:
+            if not images or set(images) != set(self.encoder.names):
+                raise ValueError(
+                    f"this agent sees cameras {self.encoder.names}; got images {sorted(images or {})}"
+                )
+            for name, img in images.items():
+                img = torch.from_numpy(np.array(img, np.uint8)).to(self.device)
+                t[f"obs_image.{name}"] = img.reshape(-1, *self.spec.images[name])
+        return self.features(t, "obs", augment=False, grad=False)
+
+    def encoder_params(self) -> list[nn.Parameter]:
+        """The image encoder's parameters (none without cameras), trained with the base (pretraining) and the
+        critic (online)."""
+        return list(self.encoder.parameters()) if self.encoder is not None else []
 
     def to_env(self, action: torch.Tensor) -> np.ndarray:
         """Normalised flat chunks [B, D] -> env units [B, H, A], clipped to the action bounds."""
@@ -83,15 +113,16 @@ class AgentCore:
         return a.reshape(-1, self.spec.chunk, self.spec.action_dim)
 
     # ----- acting -----
-    def act(self, state: np.ndarray, mode: str = "explore") -> np.ndarray:
-        """One state [S] -> one chunk [H, A] in env units."""
-        return self.act_batch(np.asarray(state)[None], mode)[0]
+    def act(self, state: np.ndarray, mode: str = "explore", images: dict | None = None) -> np.ndarray:
+        """One state [S] (and one image per camera, [H, W, C]) -> one chunk [H, A] in env units."""
+        batch_images = {k: np.asarray(v)[None] for k, v in images.items()} if images else None
+        return self.act_batch(np.asarray(state)[None], mode, batch_images)[0]
 
-    def act_batch(self, states: np.ndarray, mode: str = "explore") -> np.ndarray:
+    def act_batch(self, states: np.ndarray, mode: str = "explore", images: dict | None = None) -> np.ndarray:
         if mode not in ("explore", "eval"):
             raise ValueError(f"mode must be 'explore' or 'eval', got '{mode}'")
         with torch.no_grad():
-            return self.to_env(self._act(self.obs_tensor(states), mode == "eval"))
+            return self.to_env(self._act(self.obs_tensor(states, images), mode == "eval"))
 
     def _act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
         raise NotImplementedError
@@ -101,12 +132,16 @@ class AgentCore:
         """Flat {module.param: array} with only what an actor needs; plain arrays, safe to send raw."""
         return {
             f"{name}.{k}": v.detach().cpu().numpy().copy()
-            for name in ("norm", *self.ACTING)
+            for name in self.acting_modules()
             for k, v in self.modules[name].state_dict().items()
         }
 
+    def acting_modules(self) -> tuple[str, ...]:
+        """What an actor needs: the normaliser, the image encoder when there are cameras, and ACTING."""
+        return ("norm", *(("encoder",) if self.encoder is not None else ()), *self.ACTING)
+
     def load_acting_state(self, d: dict[str, np.ndarray]) -> None:
-        for name in ("norm", *self.ACTING):
+        for name in self.acting_modules():
             module = self.modules[name]
             own = module.state_dict()
             new = {}

@@ -35,8 +35,8 @@ class ExpoAgent(BCAgent):
                 f"a DDPM base samples with all its T={cfg['base']['steps']} steps; set "
                 "agent.profiles.<profile>.select.proposal_steps=null (fewer proposal steps need base.kind=flow)"
             )
-        self.edit = EditPolicy(spec.state_dim, self.act_dim, e["hidden"], e["depth"], e["beta"], e["dropout"])
-        self.critic = EnsembleCritic(spec.state_dim, self.act_dim, c["members"], c["hidden"], c["depth"])
+        self.edit = EditPolicy(self.obs_dim, self.act_dim, e["hidden"], e["depth"], e["beta"], e["dropout"])
+        self.critic = EnsembleCritic(self.obs_dim, self.act_dim, c["members"], c["hidden"], c["depth"])
         self.edit, self.critic = self.edit.to(self.device), self.critic.to(self.device)
         self.critic_target = make_target(self.critic)
         self.temperature = Temperature(a["init"]).to(self.device)
@@ -46,7 +46,7 @@ class ExpoAgent(BCAgent):
         self.modules["temperature"] = self.temperature
         self.optims.update(
             edit=torch.optim.Adam(self.edit.parameters(), lr=e["lr"]),
-            critic=torch.optim.Adam(self.critic.parameters(), lr=c["lr"]),
+            critic=torch.optim.Adam([*self.critic.parameters(), *self.encoder_params()], lr=c["lr"]),
             alpha=torch.optim.Adam(self.temperature.parameters(), lr=a["lr"]),
         )
         self.cache = None
@@ -159,8 +159,9 @@ class ExpoAgent(BCAgent):
         metrics: dict[str, float] = {}
         for _ in range(self.cfg["utd"]):
             batch = self._symmetric(offline_buffer, online_buffer, n)
-            t = self.tensors(batch)
+            t = self.tensors(batch, encode_grad=self.encoder is not None)  # the TD loss trains the encoder
             metrics = self.critic_step(t, batch)
+        t["obs"] = t["obs"].detach()  # the base and edit steps see the camera features, never train them
         metrics |= self.imitation_step(t, self.cfg["base"]["ema_rate"])
         if self.use_edit:
             metrics |= self.edit_step(t)

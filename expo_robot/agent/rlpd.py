@@ -24,8 +24,8 @@ class RLPDAgent(AgentCore):
     def __init__(self, cfg: dict, spec, device="auto", seed: int = 0):
         super().__init__(cfg, spec, device, seed)
         ac, c, a = cfg["actor"], cfg["critic"], cfg["alpha"]
-        self.actor = GaussianActor(spec.state_dim, self.act_dim, ac["hidden"], ac["depth"]).to(self.device)
-        self.critic = EnsembleCritic(spec.state_dim, self.act_dim, c["members"], c["hidden"], c["depth"])
+        self.actor = GaussianActor(self.obs_dim, self.act_dim, ac["hidden"], ac["depth"]).to(self.device)
+        self.critic = EnsembleCritic(self.obs_dim, self.act_dim, c["members"], c["hidden"], c["depth"])
         self.critic = self.critic.to(self.device)
         self.critic_target = make_target(self.critic)
         self.temperature = Temperature(a["init"]).to(self.device)
@@ -35,7 +35,7 @@ class RLPDAgent(AgentCore):
         self.modules["temperature"] = self.temperature
         self.optims.update(
             actor=torch.optim.Adam(self.actor.parameters(), lr=ac["lr"]),
-            critic=torch.optim.Adam(self.critic.parameters(), lr=c["lr"]),
+            critic=torch.optim.Adam([*self.critic.parameters(), *self.encoder_params()], lr=c["lr"]),
             alpha=torch.optim.Adam(self.temperature.parameters(), lr=a["lr"]),
         )
 
@@ -92,9 +92,11 @@ class RLPDAgent(AgentCore):
         metrics: dict[str, float] = {}
         for _ in range(self.cfg["utd"]):
             t = self.tensors(
-                sample_symmetric(offline_buffer, online_buffer, self.cfg["batch_size"], self.rng)
+                sample_symmetric(offline_buffer, online_buffer, self.cfg["batch_size"], self.rng),
+                encode_grad=self.encoder is not None,  # the TD loss trains the encoder
             )
             metrics = self.critic_step(t)
+        t["obs"] = t["obs"].detach()  # the actor sees the camera features, never trains them
         metrics |= self.actor_step(t)
         self.counters["updates"] += 1
         metrics["updates"] = self.counters["updates"]

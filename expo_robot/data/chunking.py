@@ -24,13 +24,15 @@ def chunk_transitions(
     gamma: float,
     stride: int | None = None,
     interventions: np.ndarray | None = None,
+    images: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """states [T+1, S] (incl. the final state), actions [T, A], rewards [T]; `terminated`: the episode ended in a
     terminal state (success or failure) rather than a time limit. Chunks start every `stride` steps (default H:
     the chunks an actor executes; 1 gives every start, more data from the same demonstrations).
 
     Returns the ReplayBuffer fields: obs [N, S], actions [N, H, A], reward [N], next_obs [N, S], discount [N],
-    steps [N] (h), intervention [N] (any step of the chunk was an operator intervention).
+    steps [N] (h), intervention [N] (any step of the chunk was an operator intervention). `images` (camera name ->
+    uint8 [T+1, H, W, C], like states) add obs_image.<name> and next_obs_image.<name>.
     """
     states, actions = np.asarray(states, np.float32), np.asarray(actions, np.float32)
     rewards = np.asarray(rewards, np.float64)
@@ -64,6 +66,11 @@ def chunk_transitions(
         out["discount"][i] = 0.0 if ends_terminal else gamma**h
         out["steps"][i] = h
         out["intervention"][i] = flags[t : t + h].any()
+    for name, frames in (images or {}).items():
+        if len(frames) != t_len + 1:
+            raise ChunkingError(f"camera '{name}' has {len(frames)} frames for {t_len + 1} states")
+        out[f"obs_image.{name}"] = frames[starts]
+        out[f"next_obs_image.{name}"] = frames[starts + out["steps"]]
     return out
 
 
@@ -76,11 +83,15 @@ def episode_chunks(
     a truncated one drops its last action, whose next state was not recorded. None if nothing is left.
     """
     states, actions, rewards = episode.states, episode.actions, episode.rewards
+    images = dict(getattr(episode, "images", None) or {})
     if episode.terminated:
         states = np.concatenate([states, states[-1:]])
+        images = {k: np.concatenate([v, v[-1:]]) for k, v in images.items()}
     else:
         actions, rewards = actions[:-1], rewards[:-1]
     if len(actions) == 0:
         return None
     flags = np.asarray(episode.intervention, bool)[: len(actions)]
-    return chunk_transitions(states, actions, rewards, episode.terminated, chunk, gamma, stride, flags)
+    return chunk_transitions(
+        states, actions, rewards, episode.terminated, chunk, gamma, stride, flags, images or None
+    )

@@ -13,10 +13,13 @@ class ReplayBuffer:
     """Chunk transitions: obs f32[S], actions f32[H, A] (env units), reward f32 (discounted sum over the executed
     steps), next_obs f32[S], discount f32 (gamma^h, 0 if terminal), steps int (h), intervention bool.
 
+    With cameras (`images`: name -> (H, W, C)), also obs_image.<name> and next_obs_image.<name>, uint8 [H, W, C].
     When full, the oldest transitions are overwritten. `sample` also returns `index` (slot of each row).
     """
 
-    def __init__(self, capacity: int, state_dim: int, chunk: int, action_dim: int):
+    def __init__(
+        self, capacity: int, state_dim: int, chunk: int, action_dim: int, images: dict | None = None
+    ):
         self.capacity = int(capacity)
         self.shapes = {
             "obs": ((state_dim,), np.float32),
@@ -27,6 +30,9 @@ class ReplayBuffer:
             "steps": ((), np.int64),
             "intervention": ((), np.bool_),
         }
+        for name, shape in (images or {}).items():  # (zeros are allocated lazily: unfilled rows cost no memory)
+            for key in ("obs", "next_obs"):
+                self.shapes[f"{key}_image.{name}"] = (tuple(int(d) for d in shape), np.uint8)
         self.data = {k: np.zeros((self.capacity, *s), dt) for k, (s, dt) in self.shapes.items()}
         self.ptr = 0
         self.size = 0

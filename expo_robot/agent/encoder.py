@@ -1,0 +1,75 @@
+"""Camera observations: a small conv net per camera, trained from scratch, with random-shift augmentation.
+
+No pretrained weights can be downloaded here, so the encoder learns from the task's own losses (DrQ's recipe): the
+base policy's imitation loss while pretraining, the critic's TD loss online; the edit policy and the online base
+steps see its features without a gradient. Its features are appended to the normalised state, so every network
+downstream takes one flat observation vector whatever the cameras.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DrQ augmentation: pad each image by `pad` pixels (edge values), crop back at a random offset per sample.
+
+    x [B, C, H, W]; `generator` is a CPU generator (the offsets are drawn on the CPU, then moved).
+    """
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dev = x.device
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # [n, 1, h, 1]
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # [n, 1, 1, w]
+    batch = torch.arange(n, device=dev)[:, None, None, None]
+    chans = torch.arange(c, device=dev)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def _conv_stack(shape: Sequence[int], channels: int, layers: int) -> tuple[nn.Sequential, int]:
+    h, w, c = (int(d) for d in shape)
+    convs: list[nn.Module] = []
+    for i in range(layers):  # stride 2 first (most of the cost is on the full-size image), then stride 1
+        convs += [nn.Conv2d(c if i == 0 else channels, channels, 3, stride=2 if i == 0 else 1), nn.ReLU()]
+    net = nn.Sequential(*convs, nn.Flatten())
+    with torch.no_grad():
+        out_dim = int(net(torch.zeros(1, c, h, w)).shape[1])
+    return net, out_dim
+
+
+class ImageEncoder(nn.Module):
+    """cameras: name -> (height, width, channels) of uint8 images. Output: [B, len(cameras) * embed]."""
+
+    def __init__(self, cameras: Mapping[str, Sequence[int]], cfg: Mapping | None = None):
+        super().__init__()
+        cfg = dict(cfg or {})
+        channels, layers = int(cfg.get("channels", 32)), int(cfg.get("layers", 3))
+        self.embed, self.pad = int(cfg.get("embed", 64)), int(cfg.get("shift", 4))
+        self.names = sorted(cameras)
+        self.convs, self.heads = nn.ModuleDict(), nn.ModuleDict()
+        for name in self.names:
+            conv, flat = _conv_stack(cameras[name], channels, layers)
+            self.convs[name] = conv
+            # LayerNorm + tanh bound the features the critic sees (DrQ-v2's trunk)
+            self.heads[name] = nn.Sequential(nn.Linear(flat, self.embed), nn.LayerNorm(self.embed), nn.Tanh())
+        self.out_dim = self.embed * len(self.names)
+
+    def forward(
+        self,
+        images: Mapping[str, torch.Tensor],
+        augment: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """images: name -> uint8 [B, H, W, C] (as cameras deliver them)."""
+        feats = []
+        for name in self.names:
+            x = images[name].permute(0, 3, 1, 2).float().div_(255.0)
+            if augment and self.pad > 0:
+                x = random_shift(x, self.pad, generator)
+            feats.append(self.heads[name](self.convs[name](x)))
+        return torch.cat(feats, dim=-1)

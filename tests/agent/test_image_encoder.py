@@ -1,0 +1,105 @@
+"""Camera observations in the agent: random-shift augmentation, an encoder that learns from imitation (pretraining)
+and from the TD loss (online), its weights in the acting state, and chunk transitions that carry the frames."""
+
+import numpy as np
+import pytest
+import torch
+from agent_fixtures import agent_cfg
+
+from expo_robot.agent import AgentSpec, make_agent
+from expo_robot.agent.encoder import ImageEncoder, random_shift
+from expo_robot.data.chunking import chunk_transitions
+from expo_robot.data.replay import ReplayBuffer, sample_symmetric
+
+CAM = (16, 16, 3)
+SPEC = AgentSpec(3, 2, [-1.0, -1.0], [1.0, 1.0], 2, images={"front": CAM})
+SMALL = {"encoder": {"channels": 8, "layers": 2, "embed": 16, "shift": 2}}
+
+
+def test_random_shift_is_a_crop_of_the_edge_padded_image():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6)
+    out = random_shift(x, 2, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+    for i in range(2):
+        crops = [padded[i, :, dy : dy + 6, dx : dx + 6] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], c) for c in crops)
+    shifts = {
+        tuple(random_shift(x, 2, torch.Generator().manual_seed(s))[0, 0, 0, :2].tolist()) for s in range(20)
+    }
+    assert len(shifts) > 3  # random offsets, not one fixed crop
+
+
+def test_encoder_output_size_and_value_range():
+    enc = ImageEncoder({"front": (24, 32, 3), "wrist": CAM}, SMALL["encoder"])
+    imgs = {
+        "front": torch.randint(0, 255, (5, 24, 32, 3), dtype=torch.uint8),
+        "wrist": torch.zeros(5, *CAM).byte(),
+    }
+    out = enc(imgs, augment=True, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (5, 32) and enc.out_dim == 32 and out.abs().max() <= 1.0
+
+
+def image_dataset(n: int, seed: int = 0) -> ReplayBuffer:
+    """The action is +0.8 when the image is bright and -0.8 when dark; the state is noise: only the camera tells."""
+    rng = np.random.default_rng(seed)
+    bright = rng.integers(0, 2, n).astype(bool)
+    imgs = np.where(bright[:, None, None, None], 220, 30).astype(np.uint8) * np.ones((n, *CAM), np.uint8)
+    actions = np.where(bright, 0.8, -0.8)[:, None, None] * np.ones((n, 2, 2), np.float32)
+    buf = ReplayBuffer(n, 3, 2, 2, images={"front": CAM})
+    buf.add_batch({
+        "obs": rng.normal(size=(n, 3)).astype(np.float32), "actions": actions.astype(np.float32),
+        "reward": bright.astype(np.float32), "next_obs": rng.normal(size=(n, 3)).astype(np.float32),
+        "discount": np.zeros(n, np.float32), "steps": np.full(n, 2),
+        "obs_image.front": imgs, "next_obs_image.front": imgs,
+    })  # fmt: skip
+    return buf
+
+
+def test_pretraining_teaches_the_encoder_what_only_the_camera_shows():
+    torch.set_num_threads(1)
+    agent = make_agent(agent_cfg("bc", **SMALL, pretrain={"batch_size": 64}), SPEC, device="cpu", seed=0)
+    buf = image_dataset(256)
+    before = [p.detach().clone() for p in agent.encoder.parameters()]
+    agent.pretrain(buf, 400)
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.encoder.parameters()))
+    state = np.zeros(3, np.float32)
+    bright = agent.act(state, "eval", images={"front": np.full(CAM, 220, np.uint8)})
+    dark = agent.act(state, "eval", images={"front": np.full(CAM, 30, np.uint8)})
+    assert bright.mean() > 0.4 and dark.mean() < -0.4, (bright, dark)
+
+
+def test_online_update_trains_the_encoder_through_the_critic_only_and_it_travels_to_actors():
+    torch.set_num_threads(1)
+    agent = make_agent(agent_cfg("expo", **SMALL), SPEC, device="cpu", seed=0)
+    offline, online = image_dataset(64, 0), image_dataset(64, 1)
+    agent.ensure_normalizer(offline)
+    before = [p.detach().clone() for p in agent.encoder.parameters()]
+    metrics = agent.update(offline, online)
+    assert np.isfinite(metrics["critic/loss"]) and np.isfinite(metrics["edit/loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.encoder.parameters()))
+
+    acting = agent.acting_state()
+    assert any(k.startswith("encoder.") for k in acting)
+    actor = make_agent(agent_cfg("expo", **SMALL), SPEC, device="cpu", seed=1)
+    actor.load_acting_state(acting)
+    for k, v in actor.acting_state().items():
+        np.testing.assert_array_equal(v, acting[k])
+    chunk = actor.act(np.zeros(3, np.float32), "explore", images={"front": np.zeros(CAM, np.uint8)})
+    assert chunk.shape == (2, 2)
+    with pytest.raises(ValueError, match="cameras"):
+        actor.act(np.zeros(3, np.float32))
+
+
+def test_chunk_transitions_carry_the_frames_of_their_states():
+    frames = np.arange(6, dtype=np.uint8)[:, None, None, None] * np.ones(
+        (6, 2, 2, 3), np.uint8
+    )  # frame t = t
+    out = chunk_transitions(
+        np.zeros((6, 3)), np.zeros((5, 2)), np.zeros(5), True, 2, 0.9, 1, None, {"cam": frames}
+    )
+    assert out["obs_image.cam"][:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4]
+    assert out["next_obs_image.cam"][:, 0, 0, 0].tolist() == [2, 3, 4, 5, 5]
+    buf = ReplayBuffer(8, 3, 2, 2, images={"cam": (2, 2, 3)})
+    buf.add_batch(out)
+    batch = sample_symmetric(buf, None, 4, np.random.default_rng(0))
+    assert batch["obs_image.cam"].dtype == np.uint8 and batch["obs_image.cam"].shape == (4, 2, 2, 3)
