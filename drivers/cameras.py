@@ -4,12 +4,15 @@ A camera runs its own reader thread; `read_latest()` hands the control loop the 
 waiting on the device (lerobot cameras/camera.py `read_latest` works the same way), and refuses a frame older than
 the allowed age. Frames carry the device's timestamp and its clock domain next to the host's receipt time.
 
-Camera types are a registry (configs/cameras/*.yaml `list:` entries, `type:`), like robot types.
+Camera types are a registry (configs/cameras/*.yaml `list:` entries, `type:`), like robot types. A type whose
+class sets `needs_robot` gets the driver's robot (the `sim` camera renders the simulated robot's scene).
 """
 
 from __future__ import annotations
 
 import importlib
+import itertools
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +55,10 @@ class Camera(ABC):
     height: int
     fps: float
     use_depth: bool
+    # True: read_latest captures the frame itself, now (a simulator render), so it shows the published state;
+    # False: a reader thread delivers frames and read_latest hands over the newest without waiting.
+    synchronous: bool = False
+    needs_robot: bool = False  # make_camera passes robot= (the robot the driver runs)
 
     @property
     def features(self) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -82,22 +89,79 @@ class Camera(ABC):
         self.disconnect()
 
 
-CAMERA_TYPES = {"realsense": "drivers.realsense:RealSenseCamera"}
+class SimCamera(Camera):
+    """A MuJoCo camera of the simulated robot the driver runs (configs/cameras/sim.yaml), rendered on read.
+
+    Rendering is synchronous (it is the simulator): the frame shows exactly the state it is published with.
+    """
+
+    synchronous = True
+    needs_robot = True
+
+    def __init__(self, cam_cfg: Any, calibration_dir: Any = None, robot: Any = None):
+        self.name = str(cam_cfg.get("name", "camera"))
+        self.camera = cam_cfg.get("camera")  # MuJoCo camera name; None: the default free camera
+        self.serial = f"sim:{self.camera or 'free'}"
+        self.width, self.height = int(cam_cfg.get("width", 96)), int(cam_cfg.get("height", 96))
+        self.fps = float(cam_cfg.get("fps", 0) or 0)  # renders on demand: no rate of its own
+        self.use_depth = False
+        self.robot = robot
+        self._task: Any = None
+        self._frames = itertools.count()
+
+    @property
+    def is_connected(self) -> bool:
+        return self._task is not None
+
+    def connect(self) -> None:
+        task = getattr(self.robot, "task", None)
+        if not callable(getattr(task, "render", None)):
+            what = (
+                f"robot {self.robot.name!r} is not simulated"
+                if self.robot is not None
+                else "there is no robot"
+            )
+            raise CameraNotFoundError(
+                f"camera {self.name!r} (type sim) renders the simulated robot, but {what}: "
+                "use cameras=none or a real camera (cameras=realsense) with this robot"
+            )
+        if self.camera is not None and self.camera not in task.camera_names():
+            raise CameraNotFoundError(
+                f"camera {self.name!r}: the simulator has no camera {self.camera!r}; "
+                f"its cameras: {task.camera_names()} (camera: null is the free camera)"
+            )
+        self._task = task
+
+    def read_latest(self, max_age_s: float | None = None) -> Frame:
+        if self._task is None:
+            raise CameraError(f"camera {self.name} is not connected: call connect() first")
+        color = self._task.render(self.camera, self.height, self.width)
+        sim_ms = 1e3 * self._task.sim_time()
+        return Frame(color, None, None, sim_ms, "sim_time", next(self._frames), time.monotonic(), self.serial)
+
+    def disconnect(self) -> None:
+        self._task = None
 
 
-def make_camera(cam_cfg: Any, calibration_dir: Any = None, **kwargs: Any) -> Camera:
+CAMERA_TYPES = {"realsense": "drivers.realsense:RealSenseCamera", "sim": "drivers.cameras:SimCamera"}
+
+
+def make_camera(cam_cfg: Any, calibration_dir: Any = None, robot: Any = None, **kwargs: Any) -> Camera:
     kind = cam_cfg.get("type")
     if kind not in CAMERA_TYPES:
         raise CameraError(f"unknown camera type {kind!r}; valid types: {', '.join(CAMERA_TYPES)}")
-    module, cls = CAMERA_TYPES[kind].split(":")
-    return getattr(importlib.import_module(module), cls)(cam_cfg, calibration_dir, **kwargs)
+    module, name = CAMERA_TYPES[kind].split(":")
+    cls = getattr(importlib.import_module(module), name)
+    if cls.needs_robot:
+        kwargs["robot"] = robot
+    return cls(cam_cfg, calibration_dir, **kwargs)
 
 
-def make_cameras(cameras_cfg: Any, **kwargs: Any) -> dict[str, Camera]:
-    """Every camera of configs/cameras/<name>.yaml, by name (not connected)."""
+def make_cameras(cameras_cfg: Any, robot: Any = None, **kwargs: Any) -> dict[str, Camera]:
+    """Every camera of configs/cameras/<name>.yaml, by name (not connected). `robot`: for cameras that render it."""
     cams: dict[str, Camera] = {}
     for cam_cfg in (cameras_cfg or {}).get("list") or []:
-        cam = make_camera(cam_cfg, (cameras_cfg or {}).get("calibration_dir"), **kwargs)
+        cam = make_camera(cam_cfg, (cameras_cfg or {}).get("calibration_dir"), robot, **kwargs)
         if cam.name in cams:
             raise CameraError(f"two cameras are named {cam.name!r}: names must be unique")
         cams[cam.name] = cam
@@ -132,8 +196,6 @@ class CameraRig:
             cam.disconnect()
 
     def snapshot(self, max_age_s: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-        import time
-
         arrays: dict[str, np.ndarray] = {}
         meta: dict[str, dict] = {}
         for name, cam in self.cameras.items():

@@ -69,6 +69,9 @@ class SimTask:
         self.action_high = np.asarray(self.env.action_space.high, dtype=np.float32)
         self.state_dim = int(_flatten(self.env.observation_space.sample()).shape[0])
         self.action_dim = int(self.action_low.shape[0])
+        self._renderers: dict[
+            tuple[int, int], Any
+        ] = {}  # (height, width) -> mujoco.Renderer, built on first use
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         if seed is not None:
@@ -93,7 +96,47 @@ class SimTask:
             return np.asarray(pos() if callable(pos) else pos, dtype=np.float64).copy()
         return None
 
+    def camera_names(self) -> list[str]:
+        model = self._mujoco()[0]
+        return [model.camera(i).name for i in range(model.ncam)]
+
+    def render(self, camera: str | None, height: int, width: int) -> np.ndarray:
+        """The current scene seen from a MuJoCo camera (None: the default free camera), uint8 [H, W, 3] RGB.
+
+        Synchronous (software EGL: ~0.5 s a frame on this machine whatever the size). The renderer's GL context
+        belongs to the thread that builds it, so render from one thread (the driver loop).
+        """
+        import mujoco
+
+        model, data = self._mujoco()
+        if camera is not None and camera not in self.camera_names():
+            raise SimUnavailableError(
+                f"'{self.env_id}' has no camera {camera!r}; its cameras: {self.camera_names()} (null: free camera)"
+            )
+        renderer = self._renderers.get((height, width))
+        if renderer is None:
+            # the offscreen buffer is sized in the model's XML (gym-hil: 128x128); grow it instead of refusing
+            vis = model.vis.global_
+            vis.offwidth, vis.offheight = max(vis.offwidth, width), max(vis.offheight, height)
+            renderer = self._renderers[(height, width)] = mujoco.Renderer(model, height, width)
+        renderer.update_scene(data, camera=-1 if camera is None else camera)
+        return renderer.render().copy()  # the renderer reuses its buffer
+
+    def sim_time(self) -> float:
+        """Simulated seconds since the episode started (MuJoCo's data.time)."""
+        return float(self._mujoco()[1].time)
+
+    def _mujoco(self) -> tuple[Any, Any]:
+        u = self.env.unwrapped
+        model, data = getattr(u, "model", None), getattr(u, "data", None)
+        if model is None or data is None:
+            raise SimUnavailableError(f"'{self.env_id}' exposes no MuJoCo model/data to render cameras from")
+        return model, data
+
     def close(self) -> None:
+        for renderer in self._renderers.values():
+            renderer.close()  # before the env: freeing a GL context at interpreter exit fails noisily
+        self._renderers.clear()
         self.env.close()
 
 
