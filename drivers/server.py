@@ -16,6 +16,11 @@ Teleop (configs/teleop): the operator's device runs here, in the loop. While it 
 the robot: that command is executed (through the same safety filter) instead of the policy's chunk, and the step is
 published with intervention=True. Operator keys are counted in the observation counters (`operator.<key>`), so a
 recorder or actor that misses one message still sees them; e-stop keys act here at once.
+Cameras (configs/cameras): connected at start; every observation carries each camera's newest colour frame as
+`image.<name>` and its capture time (driver clock) in meta `image_time`. A camera with a reader thread (RealSense)
+never makes the loop wait: a frame older than its max_age_s is counted (`camera.<name>.stale`) and the newest one
+is published anyway (its image_time shows its age); a lost camera latches the e-stop. A simulator camera renders
+on each new state (synchronously: it is the simulator) and its frame is republished while the state stands still.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import math
 import signal
 import sys
 import threading
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -32,12 +38,13 @@ from typing import Any
 
 import numpy as np
 
+from drivers.cameras import Camera, CameraError, CameraRig, StaleFrameError, make_cameras
 from drivers.clock import Deadline, LoopStats, MonotonicClock
 from drivers.robot import Robot, RobotError, make_robot
 from drivers.safety import ActionFilter, Limits, SafetyConfig, SafetyConfigError, SafetyMonitor
 from drivers.sim_env import SimUnavailableError
 from drivers.teleop import TeleopContext, TeleopDevice, TeleopError, make_teleop
-from expo_robot.transport.protocol import OPS, PROTOCOL_VERSION, RobotSpec, driver_inbox
+from expo_robot.transport.protocol import OPS, PROTOCOL_VERSION, RobotSpec, driver_inbox, image_field
 from expo_robot.transport.sockets import CurveKeys, Publisher, Puller, TransportError, address
 from expo_robot.transport.wire import Message
 
@@ -94,6 +101,9 @@ class Driver:
         self.teleop: TeleopDevice | None = teleop  # None: built from cfg.teleop at open()
         self.takeover = False  # the operator held the robot at the last read of the device
         self._next_teleop_read = -math.inf
+        self.rig = CameraRig(make_cameras(cfg.get("cameras"), robot=self.robot))
+        self.images: dict[str, np.ndarray] = {}  # camera -> the frame published last
+        self.image_time: dict[str, float] = {}  # camera -> its capture time on the driver clock
 
     # ---- lifecycle ----
     def open(self) -> None:
@@ -108,12 +118,14 @@ class Driver:
         self.teleop = self.teleop or make_teleop(self.cfg.get("teleop"), self.robot)
         if self.teleop is not None:
             self.teleop.connect()
+        self.rig.connect()  # after the robot: a simulator camera renders its scene
         self.max_chunk_len = int(self.cfg.robot.get("max_chunk_len", 256))
         self.heartbeat_s = float(rt.get("heartbeat_s", 0.5))
         self.spec = RobotSpec(
             PROTOCOL_VERSION, r.name, r.state_dim, r.action_dim, tuple(map(float, r.action_low)),
             tuple(map(float, r.action_high)), self.fps, self.mode, self.max_chunk_len,
             self.monitor.hold_after_s / 4, self.driver_id,
+            {name: (cam.height, cam.width, 3) for name, cam in self.rig.cameras.items()},
         )  # fmt: skip
         curve = CurveKeys.from_config(rt.get("curve"))
         hwm = int(rt.get("obs_hwm", 1000))
@@ -146,6 +158,7 @@ class Driver:
         finally:
             if self.teleop is not None:
                 self.teleop.disconnect()
+            self.rig.disconnect()
             self.robot.disconnect()
             if self.inbox is not None:
                 self.inbox.close()
@@ -439,13 +452,38 @@ class Driver:
             "counters": {**self.counters, **{f"inbox.{k}": v for k, v in self.inbox.stats().items()}},
             **self.last_result,
         }
-        self.pub.send(
-            "obs",
-            {"state": np.asarray(self.robot_state, np.float32), "action": action},
-            meta,
-            stamp=self.now(),
-        )
+        arrays = {"state": np.asarray(self.robot_state, np.float32), "action": action}
+        if self.rig.cameras:
+            for name, cam in self.rig.cameras.items():
+                if fresh or not cam.synchronous or name not in self.images:  # a still scene: same render
+                    self._grab(name, cam)
+            arrays.update({image_field(name): img for name, img in self.images.items()})
+            meta["image_time"] = dict(self.image_time)
+        self.pub.send("obs", arrays, meta, stamp=self.now())
         self.last_pub = self.clock.now()
+
+    def _grab(self, name: str, cam: Camera) -> None:
+        """The camera's newest frame into self.images / image_time, without waiting on a device."""
+        try:
+            try:
+                frame = cam.read_latest()
+            except StaleFrameError:
+                self.counters[f"camera.{name}.stale"] += 1
+                frame = cam.read_latest(math.inf)  # the newest there is; image_time tells its age
+        except StaleFrameError:  # no frame at all yet: black, and no image_time entry
+            self.images.setdefault(name, np.zeros((cam.height, cam.width, 3), np.uint8))
+            return
+        except CameraError as e:  # gone for good (reconnects failed): a policy must not act on a frozen image
+            self.counters[f"camera.{name}.lost"] += 1
+            if self.monitor.state != "estop":
+                self.request_estop(f"camera {name} lost: {e}")
+            self.images.setdefault(name, np.zeros((cam.height, cam.width, 3), np.uint8))
+            return
+        self.images[name] = frame.color
+        if cam.synchronous:  # a render shows the very state it is published with
+            self.image_time[name] = self.state_time()
+        else:  # the host receipt time, mapped to the driver clock by its age
+            self.image_time[name] = self.now() - (time.monotonic() - frame.received_s)
 
 
 def run_driver(
@@ -469,7 +507,7 @@ def main(cfg: Any, words: list[str]) -> int:
     stop = threading.Event()
     try:
         driver = Driver(cfg)
-    except (RobotError, DriverConfigError) as e:
+    except (RobotError, DriverConfigError, CameraError) as e:
         log.error("driver: %s", e)
         return 1
 
@@ -490,6 +528,7 @@ def main(cfg: Any, words: list[str]) -> int:
         SafetyConfigError,
         DriverConfigError,
         TeleopError,
+        CameraError,
     ) as e:
         log.error("driver: %s", e)  # one line that says what to change; no traceback for operators
         return 1

@@ -6,7 +6,10 @@ Driver -> policy (driver's PUB, runtime.obs_port):
         intervention: the operator's teleop device (in the driver, drivers/teleop.py) commanded this step
         counters: cumulative; `operator.<key>` counts operator keys (success, failure, rerecord, quit, estop, ...),
         so a client that misses a message still sees every key; takeovers / releases / steps_intervention
-  spec  meta: the RobotSpec fields (sent on every hello and at heartbeat rate)
+        with cameras (spec.cameras): arrays image.<name> u8[H, W, 3] (the camera's newest frame, RGB) and meta
+        image_time {name: capture time on the driver clock, the clock of t}; a camera with no frame yet has no
+        image_time entry (its image is black)
+  spec  meta: the RobotSpec fields (sent on every hello and at heartbeat rate); `cameras` only when there are some
 Policy -> driver (driver's PULL, runtime.cmd_port):
   chunk arrays actions f32[H, A]; meta t0 (step k is due at t0 + k/fps), chunk_id, client
   cmd   meta op (hello | reset | estop | clear_estop), client, optional seed / reason
@@ -15,7 +18,7 @@ Policy -> driver (driver's PULL, runtime.cmd_port):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -52,16 +55,21 @@ class RobotSpec:
     max_chunk_len: int
     heartbeat_s: float  # clients must send something at least this often (the driver's watchdog is ~4x this)
     driver_id: str = ""  # changes when the driver restarts
+    # camera name -> image shape (H, W, 3): each observation carries image.<name> uint8 of that shape
+    cameras: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def to_meta(self) -> dict:
         d = asdict(self)
         d["action_low"], d["action_high"] = list(self.action_low), list(self.action_high)
+        d["cameras"] = {k: list(v) for k, v in self.cameras.items()}
+        if not self.cameras:
+            del d["cameras"]  # a state-only driver sends the same spec as before cameras existed
         return d
 
     @classmethod
     def from_meta(cls, meta: dict) -> RobotSpec:
         names = {f.name for f in fields(cls)}
-        missing = names - set(meta) - {"driver_id"}
+        missing = names - set(meta) - {"driver_id", "cameras"}
         if missing:
             raise HandshakeError(
                 f"driver spec lacks {sorted(missing)}: driver and policy run different releases"
@@ -69,6 +77,7 @@ class RobotSpec:
         d = {k: meta[k] for k in names if k in meta}
         d["action_low"] = tuple(float(x) for x in d["action_low"])
         d["action_high"] = tuple(float(x) for x in d["action_high"])
+        d["cameras"] = camera_shapes(d.get("cameras") or {})
         return cls(**d)
 
     def check_against(self, expected: RobotSpec | dict) -> None:
@@ -76,6 +85,9 @@ class RobotSpec:
         want = expected if isinstance(expected, dict) else asdict(expected)
         for name, value in want.items():
             if name in ("driver_id", "heartbeat_s") or value is None:
+                continue
+            if name == "cameras":
+                _check_cameras(self.cameras, camera_shapes(value))
                 continue
             have = getattr(self, name)
             same = (
@@ -89,12 +101,42 @@ class RobotSpec:
                 )
 
 
-def obs_schema(state_dim: int | None = None, action_dim: int | None = None) -> Schema:
-    return Schema(
-        "obs",
-        {"state": FieldSpec("float32", (state_dim,)), "action": FieldSpec("float32", (action_dim,))},
-        {"t": NUM, "episode": int, "step": int, "fresh": bool, "safety": dict},
-    )
+def camera_shapes(cameras: dict) -> dict[str, tuple[int, int, int]]:
+    """{name: (H, W, 3)} from a spec's cameras (lists after msgpack); HandshakeError if malformed."""
+    try:
+        shapes = {str(k): tuple(int(x) for x in v) for k, v in dict(cameras).items()}
+    except (TypeError, ValueError) as e:
+        raise HandshakeError(f"robot spec cameras must map name -> [H, W, 3], got {cameras!r:.200}") from e
+    bad = {k: v for k, v in shapes.items() if len(v) != 3 or v[2] != 3 or min(v) <= 0}
+    if bad:
+        raise HandshakeError(f"robot spec cameras must map name -> [H, W, 3], got {bad}")
+    return shapes
+
+
+def _check_cameras(have: dict, want: dict) -> None:
+    for name in sorted(set(have) | set(want)):
+        if have.get(name) != want.get(name):
+            got, exp = have.get(name, "absent"), want.get(name, "absent")
+            raise HandshakeError(
+                f"robot spec mismatch: cameras.{name} is {got} on the driver, expected {exp}"
+            )
+
+
+def image_field(name: str) -> str:
+    """The obs array that carries camera `name`'s frame."""
+    return f"image.{name}"
+
+
+def obs_schema(
+    state_dim: int | None = None, action_dim: int | None = None, cameras: dict | None = None
+) -> Schema:
+    """Observations; with cameras, exactly their image fields (uint8, declared shape) and meta image_time."""
+    arrays = {"state": FieldSpec("float32", (state_dim,)), "action": FieldSpec("float32", (action_dim,))}
+    arrays.update({image_field(k): FieldSpec("uint8", tuple(v)) for k, v in (cameras or {}).items()})
+    meta = {"t": NUM, "episode": int, "step": int, "fresh": bool, "safety": dict}
+    if cameras:
+        meta["image_time"] = dict
+    return Schema("obs", arrays, meta)
 
 
 def chunk_schema(action_dim: int | None = None, max_len: int = 1000) -> Schema:
@@ -117,9 +159,11 @@ def driver_inbox(action_dim: int, max_chunk_len: int) -> dict[str, Schema]:
     return {"chunk": chunk_schema(action_dim, max_chunk_len), "cmd": CMD, "heartbeat": HEARTBEAT}
 
 
-def client_inbox(state_dim: int | None = None, action_dim: int | None = None) -> dict[str, Schema]:
+def client_inbox(
+    state_dim: int | None = None, action_dim: int | None = None, cameras: dict | None = None
+) -> dict[str, Schema]:
     """Everything a policy accepts on the observation socket."""
-    return {"obs": obs_schema(state_dim, action_dim), "spec": SPEC}
+    return {"obs": obs_schema(state_dim, action_dim, cameras), "spec": SPEC}
 
 
 __all__ = [
@@ -129,7 +173,9 @@ __all__ = [
     "HandshakeError",
     "PeerTimeoutError",
     "RobotSpec",
+    "camera_shapes",
     "client_inbox",
     "driver_inbox",
+    "image_field",
     "obs_schema",
 ]

@@ -30,9 +30,10 @@ from expo_robot.transport.protocol import (
     PeerTimeoutError,
     RobotSpec,
     client_inbox,
+    image_field,
 )
 from expo_robot.transport.sockets import CurveKeys, Pusher, Subscriber, address
-from expo_robot.transport.wire import Message, VersionMismatchError
+from expo_robot.transport.wire import Message, VersionMismatchError, WireError
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,15 @@ class Observation:
     counters: dict = field(default_factory=dict)
     stamp: float = 0.0  # driver clock at publication
     wall: float = 0.0
+    # camera name -> newest frame, uint8 [H, W, 3] RGB (read-only view; spec.cameras gives the shapes); {} without
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    image_time: dict[str, float] = field(default_factory=dict)  # camera name -> capture time, the clock of t
 
     @classmethod
     def from_message(cls, msg: Message) -> Observation:
         m = msg.meta
+        prefix = image_field("")
+        images = {k[len(prefix) :]: v for k, v in msg.arrays.items() if k.startswith(prefix)}
         return cls(
             state=msg.arrays["state"],
             t=float(m["t"]),
@@ -82,6 +88,8 @@ class Observation:
             counters=m.get("counters", {}),
             stamp=msg.stamp,
             wall=msg.wall,
+            images=images,
+            image_time={str(k): float(v) for k, v in (m.get("image_time") or {}).items()},
         )
 
 
@@ -132,8 +140,10 @@ class RobotClient:
             except VersionMismatchError as e:
                 self.close()
                 raise HandshakeError(f"robot spec mismatch: protocol_version: {e}") from e
-            except ValueError as e:  # WireError: anything else malformed is dropped
-                log.warning("client: dropped invalid message during handshake: %s", e)
+            except WireError as e:  # anything else malformed is dropped
+                # (camera images are extra fields until the spec says which cameras there are: read after it)
+                if e.reason != "extra_field":
+                    log.warning("client: dropped invalid message during handshake: %s", e)
                 continue
             if msg is not None and msg.type == "spec":
                 return self._accept(RobotSpec.from_meta(msg.meta))
@@ -153,7 +163,7 @@ class RobotClient:
                 self.close()
                 raise
         self.spec = spec
-        self._sub.schema = client_inbox(spec.state_dim, spec.action_dim)
+        self._sub.schema = client_inbox(spec.state_dim, spec.action_dim, spec.cameras)
         interval = min(float(self.runtime.get("heartbeat_s", 0.5)), spec.heartbeat_s)
         self._hb = _Heartbeat(self.cmd_addr, self.client_id, interval, self.curve)
         self._hb.start()
@@ -187,6 +197,7 @@ class RobotClient:
             )
             self.driver_restarts += 1
             self.spec = RobotSpec.from_meta(msg.meta)
+            self._sub.schema = client_inbox(self.spec.state_dim, self.spec.action_dim, self.spec.cameras)
 
     def recv_obs(self, timeout_s: float = 1.0) -> Observation | None:
         """The next observation of an executed step (in order), or None at the deadline."""
