@@ -13,12 +13,14 @@ ahead of the episode index) and runs before any append; `check_dataset` reports 
 
 Frame layout (the convention of lerobot's RL recordings): frame t holds the observation s_t, the action a_t actually
 executed, `next.reward` r_t and `next.done` (the episode ended after a_t; `next.truncated` says it ended by a limit,
-not by the task). The state after the last action is not stored; see `Episode`.
+not by the task). The state after the last action is not stored; see `Episode`. Camera frames s_t are image features
+`observation.images.<camera>` (uint8 [H, W, 3], stored as PNG in the parquet files, not as video: no encoder).
 """
 
 from __future__ import annotations
 
 import atexit
+import io
 import itertools
 import json
 import logging
@@ -54,6 +56,7 @@ ALIASES = {
     "success": ("success", "next.success", "complementary_info.success"),
     "safety_stop": ("safety_stop",),
 }
+IMAGES = "observation.images."  # + camera name: one image feature per camera
 ENV_STATE = "observation.environment_state"  # appended to observation.state when a dataset stores it apart
 # Only used for decoding, which the writer never does. Naming it stops lerobot from probing torchcodec (and logging
 # a long traceback where it cannot load) at every per-episode resume.
@@ -101,6 +104,15 @@ def dataset_features(
         features[CAPTURE_TIME] = scalar("float64")
     features.update(extra or {})
     return features
+
+
+def camera_features(cameras: dict[str, Sequence[int]]) -> dict[str, dict]:
+    """Image features for cameras {name: (H, W, 3)} (a RobotSpec's `cameras`): pass as dataset_features(extra=)."""
+    names = ["height", "width", "channels"]
+    return {
+        f"{IMAGES}{k}": {"dtype": "image", "shape": tuple(map(int, v)), "names": names}
+        for k, v in cameras.items()
+    }
 
 
 @dataclass
@@ -156,6 +168,11 @@ class EpisodeWriter:
             )  # fmt: skip
         self._features = self._ds.meta.features
         self._has_capture_time = CAPTURE_TIME in self._features
+        self._cameras = [
+            k[len(IMAGES) :]
+            for k, v in self._features.items()
+            if k.startswith(IMAGES) and v["dtype"] == "image"
+        ]
         self.saved_episodes = self._ds.meta.total_episodes
         self._queued_episodes = self.saved_episodes
         self._frames: list[dict] = []
@@ -181,14 +198,21 @@ class EpisodeWriter:
         success: bool = False,
         safety_stop: bool = False,
         capture_time: float | None = None,
+        images: dict[str, np.ndarray] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
         """Append one frame to the episode in progress. `action` is the action actually executed.
 
         `done` may be left False on the last frame: `end_episode` sets it. `capture_time` (monotonic seconds) is
-        stored when the dataset has that feature; it defaults to now.
+        stored when the dataset has that feature; it defaults to now. `images`: camera name -> uint8 [H, W, 3],
+        one per camera feature of the dataset (copied: a received frame is a view on a socket buffer).
         """
         self._raise_if_failed()
+        images = images or {}
+        if sorted(images) != sorted(self._cameras):
+            raise DatasetError(
+                f"frame has images of {sorted(images)}, the dataset's cameras are {self._cameras}"
+            )
         frame = {
             STATE: np.array(state, dtype=np.float32),
             ACTION: np.array(action, dtype=np.float32),
@@ -202,6 +226,8 @@ class EpisodeWriter:
         if self._has_capture_time:
             t = time.monotonic() if capture_time is None else capture_time
             frame[CAPTURE_TIME] = np.array([t], dtype=np.float64)
+        for name, image in images.items():
+            frame[IMAGES + name] = np.array(image, dtype=np.uint8)
         if extra:
             frame.update(extra)
         self._frames.append(frame)
@@ -440,6 +466,8 @@ class Episode:
     task: str = ""
     source: str = ""  # dataset root
     index: int = 0  # episode_index in that dataset
+    # camera -> uint8 [T, H, W, 3], frame t seen at state s_t (datasets with image features; else empty)
+    images: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -481,8 +509,11 @@ def _first(columns: Iterable[str], names: Sequence[str]) -> str | None:
     return next((n for n in names if n in columns), None)
 
 
-def read_dataset(root: str | Path) -> DatasetSummary:
-    """Read a local LeRobotDataset (v3) into per-episode arrays, mapping other recorders' feature names."""
+def read_dataset(root: str | Path, images: bool = True) -> DatasetSummary:
+    """Read a local LeRobotDataset (v3) into per-episode arrays, mapping other recorders' feature names.
+
+    images: decode the image features (`observation.images.<camera>`) into Episode.images; video features are
+    not read."""
     import pyarrow as pa
 
     root = Path(root)
@@ -506,6 +537,8 @@ def read_dataset(root: str | Path) -> DatasetSummary:
     wanted = [STATE, ENV_STATE, ACTION, "episode_index", "frame_index", "timestamp", "index", "task_index"]
     wanted.append(CAPTURE_TIME)
     wanted += [n for names in ALIASES.values() for n in names]
+    cameras = [k for k, v in features.items() if images and k.startswith(IMAGES) and v["dtype"] == "image"]
+    wanted += cameras
     tables = [pq.read_table(p, columns=[c for c in wanted if c in features]) for p in files]
     cols = pa.concat_tables(tables).to_pydict() if tables else {c: [] for c in wanted if c in features}
     tasks = _task_names(root)
@@ -556,6 +589,7 @@ def read_dataset(root: str | Path) -> DatasetSummary:
                 task=tasks[int(task_index[sl][0])] if task_index is not None and tasks else "",
                 source=str(root),
                 index=int(ep_index[sl.start]),
+                images={k[len(IMAGES) :]: _decode_images(cols[k], order[sl]) for k in cameras},
             )
         )
         summary.timestamps.append(timestamps[sl])
@@ -569,6 +603,13 @@ def read_dataset(root: str | Path) -> DatasetSummary:
         f: [arr[sl] for sl in _slices(bounds, len(order))] for f, arr in flags.items() if arr is not None
     }
     return summary
+
+
+def _decode_images(cells: list[dict], rows: np.ndarray) -> np.ndarray:
+    """uint8 [T, H, W, 3] from lerobot's embedded image cells ({"bytes": PNG, "path": ...})."""
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(io.BytesIO(cells[i]["bytes"])).convert("RGB")) for i in rows])
 
 
 def _slices(bounds: np.ndarray, total: int) -> list[slice]:
@@ -589,12 +630,13 @@ def _task_names(root: Path) -> list[str]:
     return [str(t) for t in table.sort_values("task_index").index]
 
 
-def load_episodes(paths: str | Path | Sequence[str | Path]) -> list[Episode]:
+def load_episodes(paths: str | Path | Sequence[str | Path], images: bool = True) -> list[Episode]:
     """Episodes of one or more local LeRobotDatasets (roots), in dataset then episode order.
 
     Needs `observation.state` and `action`; `observation.environment_state` is appended to the state when present
     (gym-hil recordings keep it apart); rewards, done/truncated and the flags are read under the names in ALIASES
-    and default to zeros/False when absent (success then falls back to a final reward >= 1).
+    and default to zeros/False when absent (success then falls back to a final reward >= 1). Camera images come
+    in Episode.images (`images=False` skips decoding them).
     """
     roots = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not roots:
@@ -602,7 +644,7 @@ def load_episodes(paths: str | Path | Sequence[str | Path]) -> list[Episode]:
     episodes: list[Episode] = []
     dims: tuple[int, int] | None = None
     for root in roots:
-        for ep in read_dataset(root).episodes:
+        for ep in read_dataset(root, images).episodes:
             shape = (ep.states.shape[1], ep.actions.shape[1])
             if dims is not None and shape != dims:
                 raise DatasetError(

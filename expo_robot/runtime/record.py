@@ -5,7 +5,8 @@
 
 The operator loop of runtime/teleop.py drives the robot; each executed step becomes a frame: the state it started
 from, the action the driver really executed (after safety), the reward, the flags (intervention, success, safety
-stop) and `capture_time` = the driver-clock time of that state. Keys: success / failure end the episode with that
+stop) and `capture_time` = the driver-clock time of that state, plus each camera's frame of that state
+(`observation.images.<camera>`, when the driver has cameras). Keys: success / failure end the episode with that
 label, re-record drops it, quit stops (the episode in progress is dropped). `EpisodeWriter` saves on its own thread
 and closes each episode's files, so the loop never waits for a save and a kill loses at most the episode in progress.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from expo_robot.config import make_run_dir
-from expo_robot.data.dataset_io import EpisodeWriter, dataset_features
+from expo_robot.data.dataset_io import EpisodeWriter, camera_features, dataset_features
 from expo_robot.observe.live import LiveStatus
 from expo_robot.runtime.teleop import EpisodeEnd, OperatorLoop, install_stop_handlers, operator_cfg
 from expo_robot.transport.robot_client import Observation
@@ -46,7 +47,7 @@ class RecordingSink:
         self._flush()
         self._held = {
             "state": prev.state, "action": obs.action, "reward": obs.reward, "intervention": obs.intervention,
-            "success": obs.success, "capture_time": prev.t,
+            "success": obs.success, "capture_time": prev.t, "images": prev.images,
         }  # fmt: skip
 
     def _flush(self) -> None:
@@ -100,10 +101,10 @@ def record(cfg: DictConfig, run_dir: Path, stop: threading.Event | None = None) 
         OperatorLoop(cfg, stop, live, run_dir) as loop,
     ):
         spec = loop.client.spec
-        writer = EpisodeWriter(
-            root, fps=round(spec.fps), features=dataset_features(spec.state_dim, spec.action_dim, capture_time=True),
-            task=task, robot_type=spec.robot,
-        )  # fmt: skip
+        features = dataset_features(
+            spec.state_dim, spec.action_dim, extra=camera_features(spec.cameras), capture_time=True
+        )
+        writer = EpisodeWriter(root, fps=round(spec.fps), features=features, task=task, robot_type=spec.robot)
         _lower_priority(writer)
         sink = RecordingSink(writer, int(cfg.teleop.episodes), cfg.task.get("reward") == "operator_key")
         log.info("recording into %s at %.0f Hz (%s): '%s'", root, spec.fps, spec.mode, task)
