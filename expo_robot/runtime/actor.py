@@ -202,7 +202,7 @@ class Actor:
         self.env_steps = self.episodes = self.chunks_sent = 0
         self.episode_seed = int(cfg.seed) * 100_000
         self.robot_episode = -1  # the driver's episode counter, as last seen
-        self.writer: EpisodeWriter | None = None
+        self.writers: dict[str, EpisodeWriter] = {}  # dataset name -> writer, opened at its first episode
         self.labels = OperatorLabels()
         self.success_reward = float(self.session.get("operator_success_reward", 1.0))
 
@@ -219,12 +219,6 @@ class Actor:
             seed=int(self.cfg.seed),
         )
         log.info("%s: robot %s (%s, %.0f Hz)", self.id, spec.robot, spec.mode, spec.fps)
-        if self.session.get("record_episodes", True):
-            features = dataset_features(spec.state_dim, spec.action_dim, capture_time=True)
-            self.writer = EpisodeWriter(
-                self.run_dir / "episodes" / self.id, round(spec.fps), features, self.cfg.task.description,
-                robot_type=spec.robot,
-            )  # fmt: skip
         if agent_state is not None:
             self.agent.load_state_dict(agent_state)
             return
@@ -365,7 +359,7 @@ class Actor:
                 )
                 self.link.submit(batch, len(actions))
             self._log_episode(result)
-        self._record(states, actions, rewards, flags, stamps, result, terminated)
+        self._record(mode, states, actions, rewards, flags, stamps, result, terminated)
         for ms in result.latencies_ms:  # one record per decision: the latency histogram and percentiles
             self.metrics.log(self.env_steps, "actor", **{M.POLICY_LATENCY_MS: ms})
         if self.robot.spec.mode == "realtime" and len(stamps) > 1:
@@ -387,19 +381,35 @@ class Actor:
         return True
 
     def _record(
-        self, states, actions, rewards, flags, stamps, result: EpisodeResult, terminated: bool
+        self, mode, states, actions, rewards, flags, stamps, result: EpisodeResult, terminated: bool
     ) -> None:
         """The episode as the robot lived it (executed actions, flags, driver-clock times), saved off this thread,
         so the online data of one session can seed the next (`session.offline.datasets=[<run>/episodes/<actor>]`)."""
-        if self.writer is None or not actions:
+        writer = self._writer(mode)
+        if writer is None or not actions:
             return
         for t, action in enumerate(actions):
             end = t == len(actions) - 1
-            self.writer.add_frame(
+            writer.add_frame(
                 states[t], action, rewards[t], intervention=bool(flags[t]), success=end and result.success,
                 safety_stop=end and bool(result.stop_reason), capture_time=float(stamps[t]),
             )  # fmt: skip
-        self.writer.end_episode(truncated=not terminated)
+        writer.end_episode(truncated=not terminated)
+
+    def _writer(self, mode: str) -> EpisodeWriter | None:
+        """<run>/episodes/<actor id>: the episodes this actor learns from (or, evaluating only, its evaluation
+        episodes); a learning actor's evaluations go to <actor id>-eval, apart from its training data."""
+        if not self.session.get("record_episodes", True):
+            return None
+        name = self.id if mode == "explore" or self.link is None else f"{self.id}-eval"
+        if name not in self.writers:
+            spec = self.robot.spec
+            features = dataset_features(spec.state_dim, spec.action_dim, capture_time=True)
+            self.writers[name] = EpisodeWriter(
+                self.run_dir / "episodes" / name, round(spec.fps), features, self.cfg.task.description,
+                robot_type=spec.robot,
+            )  # fmt: skip
+        return self.writers[name]
 
     def _log_episode(self, r: EpisodeResult) -> None:
         lat = latency_summary(r.latencies_ms) if r.latencies_ms else {}
@@ -493,8 +503,8 @@ class Actor:
             time.sleep(0.05)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for writer in self.writers.values():
+            writer.close()
         self.robot.close()
         if self.link is not None:
             self.link.close()

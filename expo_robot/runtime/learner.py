@@ -26,7 +26,7 @@ from expo_robot.config import make_run_dir
 from expo_robot.data.replay import ReplayBuffer
 from expo_robot.observe.metrics import BUFFER_SIZE, LEARNER_UPDATES, MetricsLogger
 from expo_robot.runtime.checkpoint import load_checkpoint, save_checkpoint
-from expo_robot.runtime.messages import TRANSITIONS, pack_state
+from expo_robot.runtime.messages import pack_state, transitions_schema
 from expo_robot.runtime.offline import load_offline_transitions, offline_dataset_paths
 from expo_robot.transport.sockets import CurveKeys, Publisher, Puller, address
 
@@ -38,10 +38,17 @@ WEIGHTS_REPEAT_S = (
 ONLINE_CAPACITY = 1_000_000
 
 
+def camera_shapes(cfg: DictConfig) -> dict[str, tuple[int, int, int]]:
+    """name -> (height, width, 3) of the configured cameras: the frames the actors' drivers send."""
+    cams = (cfg.get("cameras") or {}).get("list") or []
+    return {str(c["name"]): (int(c["height"]), int(c["width"]), 3) for c in cams}
+
+
 def agent_spec(cfg: DictConfig, state_dim: int) -> AgentSpec:
     return AgentSpec(
-        state_dim, len(cfg.robot.action_low), cfg.robot.action_low, cfg.robot.action_high, cfg.agent.chunk
-    )
+        state_dim, len(cfg.robot.action_low), cfg.robot.action_low, cfg.robot.action_high, cfg.agent.chunk,
+        images=camera_shapes(cfg),
+    )  # fmt: skip
 
 
 class Learner:
@@ -61,7 +68,10 @@ class Learner:
         self._setup_data_and_agent()
         curve = CurveKeys.from_config(cfg.runtime.curve)
         self.inbox = Puller(
-            address(cfg.runtime, "transitions"), schema={"transitions": TRANSITIONS}, hwm=1000, curve=curve
+            address(cfg.runtime, "transitions"),
+            schema={"transitions": transitions_schema(self.agent.spec.images)},
+            hwm=1000,
+            curve=curve,
         )
         self.outbox = Publisher(address(cfg.runtime, "weights"), hwm=4, curve=curve)
 
@@ -73,11 +83,14 @@ class Learner:
         )
         spec = agent_spec(cfg, offline["obs"].shape[1])
         self.agent = make_agent(cfg.agent, spec, device=cfg.device, seed=cfg.seed)
+        capacity = (
+            ONLINE_CAPACITY if not spec.images else ONLINE_CAPACITY // 10
+        )  # frames: 28 KB each at 96x96
         self.offline = ReplayBuffer(
-            len(offline["obs"]) + ONLINE_CAPACITY // 10, spec.state_dim, spec.chunk, spec.action_dim
+            len(offline["obs"]) + capacity // 10, spec.state_dim, spec.chunk, spec.action_dim, spec.images
         )
         self.offline.add_batch(offline)
-        self.online = ReplayBuffer(ONLINE_CAPACITY, spec.state_dim, spec.chunk, spec.action_dim)
+        self.online = ReplayBuffer(capacity, spec.state_dim, spec.chunk, spec.action_dim, spec.images)
         if cfg.session.resume:
             self._resume(cfg.session.resume)
         else:

@@ -2,7 +2,7 @@
 
 Actor -> learner (learner's PULL, runtime.transitions_port):
   transitions  arrays: the ReplayBuffer fields of one episode (obs, actions, reward, next_obs, discount, steps,
-               intervention); meta: actor, seq (per actor, 1, 2, 3, ...), env_steps (steps in the episode),
+               intervention, and per camera obs_image.<name> / next_obs_image.<name>); meta: actor, seq (per actor, 1, 2, 3, ...), env_steps (steps in the episode),
                episode stats. The learner accepts seq == last + 1 only; the actor resends what was not acked.
 Learner -> actors (learner's PUB, runtime.weights_port):
   weights      arrays: Agent.acting_state() packed into one flat array per dtype (pack_state); meta: layout,
@@ -12,6 +12,8 @@ Learner -> actors (learner's PUB, runtime.weights_port):
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -26,9 +28,19 @@ TRANSITION_FIELDS = {
     "steps": FieldSpec("int64", (None,)),
     "intervention": FieldSpec("bool", (None,), finite=False),
 }
-TRANSITIONS = Schema(
-    "transitions", TRANSITION_FIELDS, {"actor": str, "seq": int, "env_steps": int}, max_bytes=64 * 1024 * 1024
-)
+
+
+def transitions_schema(cameras: Mapping[str, tuple[int, int, int]]) -> Schema:
+    """Transitions with exactly these cameras' frames (name -> (H, W, C) uint8) next to the state fields."""
+    fields = dict(TRANSITION_FIELDS)
+    for name, shape in cameras.items():
+        for key in ("obs", "next_obs"):
+            fields[f"{key}_image.{name}"] = FieldSpec("uint8", (None, *shape), finite=False)
+    meta = {"actor": str, "seq": int, "env_steps": int}
+    return Schema("transitions", fields, meta, max_bytes=(64 + 32 * len(cameras)) * 1024 * 1024)
+
+
+TRANSITIONS = transitions_schema({})
 _PACKED = {
     d: FieldSpec(d, (None,), finite=d.startswith("float"), required=False)
     for d in ("float32", "float64", "int64", "int32", "bool", "uint8")

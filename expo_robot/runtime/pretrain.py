@@ -48,7 +48,7 @@ def pretrain(cfg: DictConfig, run_dir: Path, paths: list[Path], steps: int) -> d
     offline, data_summary = load_offline_transitions(paths, int(cfg.agent.chunk), gamma)
     spec = agent_spec(cfg, offline["obs"].shape[1])
     agent = make_agent(cfg.agent, spec, device=cfg.device, seed=int(cfg.seed))
-    buffer = ReplayBuffer(len(offline["obs"]), spec.state_dim, spec.chunk, spec.action_dim)
+    buffer = ReplayBuffer(len(offline["obs"]), spec.state_dim, spec.chunk, spec.action_dim, spec.images)
     buffer.add_batch(offline)
     history: list[dict] = []
     t0 = time.monotonic()

@@ -52,6 +52,7 @@ def test_finetune_session_then_resume(processes, tmp_path):
     assert actor["env_steps"] == c1["env_steps"], "transitions were lost between the actor and the learner"
     recorded = load_episodes(run1 / "episodes" / "actor-0")  # the session's own data, as a LeRobotDataset
     assert len(recorded) == actor["episodes"] and sum(len(e) for e in recorded) == actor["env_steps"]
+    assert len(load_episodes(run1 / "episodes" / "actor-0-eval")) == 2  # the evaluations before and after
 
     run2 = tmp_path / "run2"
     out = finetune(
