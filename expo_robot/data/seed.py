@@ -28,7 +28,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from drivers.sim_env import make_sim_task
-from expo_robot.data.dataset_io import EpisodeWriter, dataset_features
+from expo_robot.data.dataset_io import EpisodeWriter, camera_features, dataset_features
 from expo_robot.data.scripted_operator import OPERATOR_VERSION, default_sigma, make_operator
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,9 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
 
 
-def seed_key(robot_cfg: Any, task_cfg: Any, episodes: int, sigma: float, seed: int) -> str:
+def seed_key(
+    robot_cfg: Any, task_cfg: Any, episodes: int, sigma: float, seed: int, cameras: list | None = None
+) -> str:
     """Folder name of a seed dataset: readable prefix + hash of everything that changes its content."""
     content = {
         "env_id": robot_cfg.get("env_id"),
@@ -51,6 +53,7 @@ def seed_key(robot_cfg: Any, task_cfg: Any, episodes: int, sigma: float, seed: i
         "sigma": float(sigma),
         "seed": int(seed),
         "operator": OPERATOR_VERSION,
+        **({"cameras": _plain(cameras)} if cameras else {}),  # (state-only keys are unchanged: caches stay valid)
     }
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{robot_cfg.get('name')}_{task_cfg.get('name')}_n{episodes}_sigma{sigma:g}_seed{seed}_{digest}"
@@ -64,16 +67,19 @@ def ensure_seed_dataset(
     seed: int,
     root: str | Path = "data/seed",
     workers: int = 1,
+    cameras: list | None = None,
 ) -> Path:
     """Path of the seed dataset for these arguments, generating it first if it is not cached yet.
 
     `sigma=None` takes the task's default (DEFAULT_SIGMA, ~40% success). `workers` > 1 runs the simulator in that
     many spawned processes (the data do not depend on it; the calling script needs an `if __name__ == "__main__"`
-    guard, as for any spawned multiprocessing).
+    guard, as for any spawned multiprocessing). `cameras` (configs/cameras `list` entries of type sim) renders each
+    state's frame into the dataset (~0.5 s a frame here: keep such seed sets small).
     """
     if sigma is None:
         sigma = default_sigma(robot_cfg)
-    path = Path(root) / seed_key(robot_cfg, task_cfg, episodes, sigma, seed)
+    cameras = _plain(cameras) or []
+    path = Path(root) / seed_key(robot_cfg, task_cfg, episodes, sigma, seed, cameras)
     if (path / INFO_FILE).exists():
         log.info("seed data: using cached %s", path)
         return path
@@ -83,7 +89,7 @@ def ensure_seed_dataset(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
-        summary = generate_seed_dataset(robot_cfg, task_cfg, episodes, sigma, seed, tmp, workers)
+        summary = generate_seed_dataset(robot_cfg, task_cfg, episodes, sigma, seed, tmp, workers, cameras)
         (tmp / INFO_FILE).write_text(json.dumps(summary, indent=2))
         try:
             tmp.rename(path)
@@ -104,6 +110,7 @@ class SimEpisode:
     success: np.ndarray  # per frame
     terminated: bool
     truncated: bool
+    images: dict[str, np.ndarray]  # camera -> uint8 [T, H, W, 3], the frame of each state
 
 
 def generate_seed_dataset(
@@ -114,15 +121,17 @@ def generate_seed_dataset(
     seed: int,
     out: Path,
     workers: int = 1,
+    cameras: list | None = None,
 ) -> dict:
     """Record `episodes` scripted-operator episodes into a new LeRobotDataset at `out`; return a summary."""
-    robot, task_plain = _plain(robot_cfg), _plain(task_cfg)
+    robot, task_plain, cameras = _plain(robot_cfg), _plain(task_cfg), _plain(cameras) or []
     workers = max(1, min(int(workers), episodes))
     t0, steps, successes = time.monotonic(), 0, 0
-    with _episode_source(robot, task_plain, sigma, seed, episodes, workers) as (dims, source):
+    shapes = {c["name"]: (int(c["height"]), int(c["width"]), 3) for c in cameras}
+    with _episode_source(robot, task_plain, sigma, seed, episodes, workers, cameras) as (dims, source):
         # durable=False: one finalize at the end is faster; the rename in ensure_seed_dataset makes it atomic.
         writer = EpisodeWriter(
-            out, fps=int(robot.get("fps", 10)), features=dataset_features(*dims),
+            out, fps=int(robot.get("fps", 10)), features=dataset_features(*dims, extra=camera_features(shapes)),
             task=str(task_plain.get("description", "")), robot_type=str(robot.get("name")), durable=False,
         )  # fmt: skip
         with _progress(episodes, f"seed data {robot.get('name')} sigma={sigma:g}") as advance:
@@ -146,22 +155,25 @@ def generate_seed_dataset(
 
 
 @contextmanager
-def _episode_source(robot: dict, task: dict, sigma: float, seed: int, episodes: int, workers: int):
+def _episode_source(
+    robot: dict, task: dict, sigma: float, seed: int, episodes: int, workers: int, cameras: list
+):
     """((state_dim, action_dim), iterator of SimEpisode in episode order), simulated here or in worker processes."""
-    with _Simulator(robot, task, sigma, seed) as sim:
+    with _Simulator(robot, task, sigma, seed, cameras) as sim:
         dims = (sim.task.state_dim, sim.task.action_dim)
         if workers == 1:
             yield dims, (sim.run(ep) for ep in range(episodes))
             return
     # Spawned (not forked) workers: MuJoCo/EGL and torch state do not survive a fork.
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(robot, task, sigma, seed)) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(robot, task, sigma, seed, cameras)) as pool:
         yield dims, pool.imap(_run_in_worker, range(episodes))
 
 
 class _Simulator:
-    def __init__(self, robot: dict, task: dict, sigma: float, seed: int):
+    def __init__(self, robot: dict, task: dict, sigma: float, seed: int, cameras: list):
         cfg_robot, cfg_task = OmegaConf.create(robot), OmegaConf.create(task)
+        self.cameras = cameras
         self.task = make_sim_task(cfg_robot, cfg_task)
         self.robot, self.sigma, self.seed = cfg_robot, sigma, seed
         self.max_steps = int(cfg_task.get("max_episode_steps") or 1000)
@@ -169,7 +181,7 @@ class _Simulator:
     def run(self, ep: int) -> SimEpisode:
         # Per-episode seeds: episode `ep` is the same whichever process runs it.
         operator = make_operator(self.robot, self.sigma, np.random.default_rng([self.seed, ep]))
-        return _simulate(self.task, operator, self.seed * 100_003 + ep, self.max_steps)
+        return _simulate(self.task, operator, self.seed * 100_003 + ep, self.max_steps, self.cameras)
 
     def __enter__(self) -> _Simulator:
         return self
@@ -181,20 +193,23 @@ class _Simulator:
 _WORKER_SIM: _Simulator | None = None
 
 
-def _init_worker(robot: dict, task: dict, sigma: float, seed: int) -> None:
+def _init_worker(robot: dict, task: dict, sigma: float, seed: int, cameras: list) -> None:
     global _WORKER_SIM
-    _WORKER_SIM = _Simulator(robot, task, sigma, seed)
+    _WORKER_SIM = _Simulator(robot, task, sigma, seed, cameras)
 
 
 def _run_in_worker(ep: int) -> SimEpisode:
     return _WORKER_SIM.run(ep)
 
 
-def _simulate(task: Any, operator: Any, reset_seed: int, max_steps: int) -> SimEpisode:
+def _simulate(task: Any, operator: Any, reset_seed: int, max_steps: int, cameras: list = ()) -> SimEpisode:
     state = task.reset(reset_seed)
     operator.reset()
     states, actions, rewards, success = [], [], [], []
+    frames: dict[str, list[np.ndarray]] = {c["name"]: [] for c in cameras}
     for t in range(max_steps):
+        for c in cameras:  # the frame of the state the action answers
+            frames[c["name"]].append(task.render(c.get("camera"), int(c["height"]), int(c["width"])))
         action = operator.act(task, state)
         result = task.step(action)
         states.append(state)
@@ -207,12 +222,16 @@ def _simulate(task: Any, operator: Any, reset_seed: int, max_steps: int) -> SimE
     return SimEpisode(
         np.asarray(states, np.float32), np.asarray(actions, np.float32), np.asarray(rewards, np.float32),
         np.asarray(success, bool), bool(result.terminated), not result.terminated,
+        {name: np.stack(f) for name, f in frames.items()},
     )  # fmt: skip
 
 
 def _write(writer: EpisodeWriter, ep: SimEpisode) -> None:
     for t in range(len(ep.actions)):
-        writer.add_frame(ep.states[t], ep.actions[t], float(ep.rewards[t]), success=bool(ep.success[t]))
+        writer.add_frame(
+            ep.states[t], ep.actions[t], float(ep.rewards[t]), success=bool(ep.success[t]),
+            images={name: f[t] for name, f in ep.images.items()} or None,
+        )  # fmt: skip
     writer.end_episode(truncated=ep.truncated)
 
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from expo_robot.agent import AgentSpec, make_agent
 from expo_robot.config import make_run_dir
 from expo_robot.data.chunking import chunk_transitions
-from expo_robot.data.dataset_io import EpisodeWriter, dataset_features
+from expo_robot.data.dataset_io import EpisodeWriter, camera_features, dataset_features
 from expo_robot.observe import metrics as M
 from expo_robot.observe.metrics import MetricsLogger
 from expo_robot.observe.stats import latency_summary
@@ -214,7 +214,14 @@ class Actor:
         self.dt = 1.0 / spec.fps
         self.agent = make_agent(
             self.cfg.agent,
-            AgentSpec(spec.state_dim, spec.action_dim, spec.action_low, spec.action_high, self.chunk),
+            AgentSpec(
+                spec.state_dim,
+                spec.action_dim,
+                spec.action_low,
+                spec.action_high,
+                self.chunk,
+                dict(spec.cameras),
+            ),
             device=self.cfg.device,
             seed=int(self.cfg.seed),
         )
@@ -298,6 +305,9 @@ class Actor:
         obs = self._reset(seed)
         self.labels.start((self.robot.latest or obs).counters)
         states, actions, rewards, flags, stamps = [obs.state], [], [], [], [obs.stamp]
+        frames = {
+            name: [np.array(img)] for name, img in obs.images.items()
+        }  # copies: views on socket buffers
         result = EpisodeResult(False, 0.0, 0, 0)
         self.last_loop = obs.loop
         terminated = False
@@ -309,7 +319,7 @@ class Actor:
                 if learn:
                     self._wait_for_learner()
                 t = time.perf_counter()
-                chunk = self.agent.act(obs.state, mode=mode)
+                chunk = self.agent.act(obs.state, mode=mode, images=obs.images or None)
                 result.latencies_ms.append(1e3 * (time.perf_counter() - t))
                 t0 = self._chunk_t0(obs)
                 self.robot.send_chunk(np.asarray(chunk, np.float32), t0=t0, chunk_id=self.chunks_sent)
@@ -327,6 +337,8 @@ class Actor:
                     rewards.append(obs.reward)
                     flags.append(obs.intervention)
                     stamps.append(obs.stamp)
+                    for name, img in obs.images.items():
+                        frames[name].append(np.array(img))
                     self.last_loop = obs.loop
                     result.step_wall.append(obs.wall)
                     result.success |= bool(obs.success)
@@ -356,10 +368,11 @@ class Actor:
                     self.gamma,
                     stride=1,
                     interventions=np.asarray(flags, bool),
+                    images={name: np.stack(f) for name, f in frames.items()} or None,
                 )
                 self.link.submit(batch, len(actions))
             self._log_episode(result)
-        self._record(mode, states, actions, rewards, flags, stamps, result, terminated)
+        self._record(mode, states, actions, rewards, flags, stamps, frames, result, terminated)
         for ms in result.latencies_ms:  # one record per decision: the latency histogram and percentiles
             self.metrics.log(self.env_steps, "actor", **{M.POLICY_LATENCY_MS: ms})
         if self.robot.spec.mode == "realtime" and len(stamps) > 1:
@@ -381,7 +394,7 @@ class Actor:
         return True
 
     def _record(
-        self, mode, states, actions, rewards, flags, stamps, result: EpisodeResult, terminated: bool
+        self, mode, states, actions, rewards, flags, stamps, frames, result: EpisodeResult, terminated: bool
     ) -> None:
         """The episode as the robot lived it (executed actions, flags, driver-clock times), saved off this thread,
         so the online data of one session can seed the next (`session.offline.datasets=[<run>/episodes/<actor>]`)."""
@@ -393,6 +406,7 @@ class Actor:
             writer.add_frame(
                 states[t], action, rewards[t], intervention=bool(flags[t]), success=end and result.success,
                 safety_stop=end and bool(result.stop_reason), capture_time=float(stamps[t]),
+                images={name: f[t] for name, f in frames.items()} or None,
             )  # fmt: skip
         writer.end_episode(truncated=not terminated)
 
@@ -404,7 +418,9 @@ class Actor:
         name = self.id if mode == "explore" or self.link is None else f"{self.id}-eval"
         if name not in self.writers:
             spec = self.robot.spec
-            features = dataset_features(spec.state_dim, spec.action_dim, capture_time=True)
+            features = dataset_features(
+                spec.state_dim, spec.action_dim, extra=camera_features(spec.cameras), capture_time=True
+            )
             self.writers[name] = EpisodeWriter(
                 self.run_dir / "episodes" / name, round(spec.fps), features, self.cfg.task.description,
                 robot_type=spec.robot,

@@ -79,7 +79,7 @@ class Learner:
     def _setup_data_and_agent(self) -> None:
         cfg = self.cfg
         offline, self.offline_summary = load_offline_transitions(
-            offline_dataset_paths(cfg), cfg.agent.chunk, self.gamma
+            offline_dataset_paths(cfg), cfg.agent.chunk, self.gamma, camera_shapes(cfg)
         )
         spec = agent_spec(cfg, offline["obs"].shape[1])
         self.agent = make_agent(cfg.agent, spec, device=cfg.device, seed=cfg.seed)

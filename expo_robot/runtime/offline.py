@@ -27,14 +27,26 @@ def offline_dataset_paths(cfg: DictConfig) -> list[Path]:
     from expo_robot.data.seed import ensure_seed_dataset
 
     off = cfg.session.offline
-    return [ensure_seed_dataset(cfg.robot, cfg.task, off.episodes, off.sigma, cfg.seed, root=off.root)]
+    cameras = list((cfg.get("cameras") or {}).get("list") or [])  # rendered into the seed data (type sim)
+    path = ensure_seed_dataset(
+        cfg.robot, cfg.task, off.episodes, off.sigma, cfg.seed, root=off.root, cameras=cameras
+    )
+    return [path]
 
 
 def load_offline_transitions(
-    paths: list[Path], chunk: int, gamma: float
+    paths: list[Path], chunk: int, gamma: float, cameras: dict | None = None
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """All chunk transitions of the datasets (every start, stride 1), and a summary (episodes, frames, success)."""
-    episodes = load_episodes(paths)
+    """All chunk transitions of the datasets (every start, stride 1), and a summary (episodes, frames, success).
+    `cameras` (name -> (H, W, 3)): the agent sees these cameras, so their frames come too (and must be there)."""
+    episodes = load_episodes(paths, images=bool(cameras))
+    for ep in episodes if cameras else ():
+        got = {k: tuple(v.shape[1:]) for k, v in ep.images.items()}
+        if any(got.get(k) != tuple(shape) for k, shape in cameras.items()):
+            raise ValueError(
+                f"the offline datasets {', '.join(map(str, paths))} hold camera frames {got}; this session's cameras "
+                f"are {dict(cameras)}: record with the same cameras (names and sizes), or set cameras= to match"
+            )
     parts = [c for c in (episode_chunks(ep, chunk, gamma, stride=1) for ep in episodes) if c is not None]
     if not parts:
         raise ValueError(f"the offline datasets {', '.join(map(str, paths))} hold no usable episode")
