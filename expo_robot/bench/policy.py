@@ -2,7 +2,8 @@
 
 Policy step = what the actor does per decision: decode the observation message, `agent.act` (propose, edit, score,
 select), encode the chunk message. Measured idle, then with a learner training in another process on the same CPU
-(the fine-tune session's situation on a 2-core machine), and on the GPU when there is one. Then a real-time session
+(the fine-tune session's situation on a 2-core machine), and on the GPU when there is one; then the same with one
+96x96 camera (the image encoder's forward pass added). Then a real-time session
 (`expo-robot finetune robot.mode=realtime robot.fps=50`) whose driver reports its loop cadence: overruns are ticks
 that came more than a period late.
 """
@@ -25,17 +26,19 @@ from expo_robot.agent import AgentSpec, make_agent
 from expo_robot.data.replay import ReplayBuffer
 from expo_robot.observe.metrics import LOOP_PERIOD_MS, read_metrics
 from expo_robot.observe.stats import latency_summary, period_summary
-from expo_robot.transport.protocol import obs_schema
+from expo_robot.transport.protocol import image_field, obs_schema
 from expo_robot.transport.wire import decode, encode
 
 PROFILES = {"quick": {"steps": 1000, "realtime_s": 60}, "full": {"steps": 5000, "realtime_s": 600}}
 STATE_DIM = 21  # the default robot (gym-hil Panda): 18 robot values + 3 cube position
+CAMERA = {"front": (96, 96, 3)}  # one camera, the size of configs/cameras/sim.yaml
 
 
-def _agent(cfg: DictConfig, device: str):
+def _agent(cfg: DictConfig, device: str, cameras: dict | None = None):
     spec = AgentSpec(
-        STATE_DIM, len(cfg.robot.action_low), cfg.robot.action_low, cfg.robot.action_high, cfg.agent.chunk
-    )
+        STATE_DIM, len(cfg.robot.action_low), cfg.robot.action_low, cfg.robot.action_high, cfg.agent.chunk,
+        images=cameras or {},
+    )  # fmt: skip
     return make_agent(cfg.agent, spec, device=device, seed=0), spec
 
 
@@ -57,16 +60,21 @@ def _filled_buffer(spec: AgentSpec, n: int = 2048) -> ReplayBuffer:
 def time_policy_steps(agent, spec: AgentSpec, steps: int) -> list[float]:
     """Milliseconds per decision: observation message in -> chunk message out."""
     rng = np.random.default_rng(1)
-    schema = obs_schema(spec.state_dim, spec.action_dim)
+    schema = obs_schema(spec.state_dim, spec.action_dim, dict(spec.images))
     out = []
     for i in range(steps + 20):
-        state = rng.normal(size=spec.state_dim).astype(np.float32)
-        frames = encode("obs", {"state": state, "action": np.zeros(spec.action_dim, np.float32)},
-                        {"t": 0.0, "episode": 0, "step": i, "fresh": True, "safety": {}})  # fmt: skip
+        arrays = {"state": rng.normal(size=spec.state_dim).astype(np.float32),
+                  "action": np.zeros(spec.action_dim, np.float32)}  # fmt: skip
+        arrays |= {image_field(k): rng.integers(0, 255, v, dtype=np.uint8) for k, v in spec.images.items()}
+        meta = {"t": 0.0, "episode": 0, "step": i, "fresh": True, "safety": {}}
+        frames = encode(
+            "obs", arrays, meta | ({"image_time": dict.fromkeys(spec.images, 0.0)} if spec.images else {})
+        )
         frames = [bytes(f) for f in frames]  # as received from a socket
         t0 = time.perf_counter()
         msg = decode(frames, schema)
-        chunk = agent.act(msg.arrays["state"], mode="explore")
+        images = {k: msg.arrays[image_field(k)] for k in spec.images} or None
+        chunk = agent.act(msg.arrays["state"], mode="explore", images=images)
         encode(
             "chunk", {"actions": np.asarray(chunk, np.float32)}, {"t0": 0.0, "chunk_id": i, "client": "bench"}
         )
@@ -148,19 +156,27 @@ def run(cfg: DictConfig, words: list[str]) -> dict:
     print("policy step, CPU idle:", json.dumps(figures["cpu_idle"]))
     figures["cpu_loaded"] = latency_summary(loaded_latency(cfg, agent, spec, p["steps"]))
     print("policy step, CPU with a learner training:", json.dumps(figures["cpu_loaded"]))
+    cam_agent, cam_spec = _agent(cfg, "cpu", CAMERA)
+    figures["camera_96_cpu_idle"] = latency_summary(time_policy_steps(cam_agent, cam_spec, p["steps"]))
+    print("policy step with one 96x96 camera, CPU idle:", json.dumps(figures["camera_96_cpu_idle"]))
     if torch.cuda.is_available():
         gpu_agent, _ = _agent(cfg, "cuda")
         figures["gpu"] = latency_summary(time_policy_steps(gpu_agent, spec, p["steps"]))
         print("policy step, GPU:", json.dumps(figures["gpu"]))
+        gpu_cam_agent, _ = _agent(cfg, "cuda", CAMERA)
+        figures["camera_96_gpu"] = latency_summary(time_policy_steps(gpu_cam_agent, cam_spec, p["steps"]))
+        print("policy step with one 96x96 camera, GPU:", json.dumps(figures["camera_96_gpu"]))
     figures["realtime"] = realtime_session(p["realtime_s"])
     print("real-time session:", json.dumps(figures["realtime"]))
     summary = {
         "policy_step_p99_ms_cpu": figures["cpu_loaded"]["p99_ms"],
         "policy_step_p99_ms_cpu_idle": figures["cpu_idle"]["p99_ms"],
+        "policy_step_p99_ms_cpu_camera_96": figures["camera_96_cpu_idle"]["p99_ms"],
         "realtime_fps": figures["realtime"]["fps"],
         "realtime_seconds": figures["realtime"]["seconds"],
         "overrun_pct": figures["realtime"]["overrun_pct"],
     }
     if "gpu" in figures:
         summary["policy_step_p99_ms_gpu"] = figures["gpu"]["p99_ms"]
+        summary["policy_step_p99_ms_gpu_camera_96"] = figures["camera_96_gpu"]["p99_ms"]
     return {"summary": summary, "figures": figures}
