@@ -118,6 +118,9 @@ class RobotClient:
         self.latest: Observation | None = None
         self.gaps = 0  # executed steps this client never saw (high-water mark overflow)
         self.driver_restarts = 0
+        self.rebuilds = 0  # sockets rebuilt after the driver went silent
+        self.rebuild_after_s = float(runtime_cfg.get("rebuild_after_s", 3.0))
+        self._last_heard = time.monotonic()
         self._sub: Subscriber | None = None
         self._push: Pusher | None = None
         self._hb: _Heartbeat | None = None
@@ -126,9 +129,7 @@ class RobotClient:
     def connect(self, timeout_s: float | None = None) -> RobotSpec:
         """Handshake with the driver: returns its spec, or raises PeerTimeoutError / HandshakeError."""
         timeout_s = float(timeout_s if timeout_s is not None else self.runtime.get("recv_timeout_s", 2.0))
-        hwm = int(self.runtime.get("obs_hwm", 1000))
-        self._sub = Subscriber(self.obs_addr, client_inbox(), hwm=hwm, curve=self.curve, name="client.obs")
-        self._push = Pusher(self.cmd_addr, hwm=hwm, curve=self.curve, name="client.cmd")
+        self._open_sockets(client_inbox())
         deadline = time.monotonic() + timeout_s
         next_hello = 0.0
         while time.monotonic() < deadline:
@@ -155,6 +156,26 @@ class RobotClient:
             "start it (`expo-robot driver`) or check runtime.host and the ports"
         )
 
+    def _open_sockets(self, schema) -> None:
+        hwm = int(self.runtime.get("obs_hwm", 1000))
+        self._sub = Subscriber(self.obs_addr, schema, hwm=hwm, curve=self.curve, name="client.obs")
+        self._push = Pusher(self.cmd_addr, hwm=hwm, curve=self.curve, name="client.cmd")
+        self._last_heard = time.monotonic()
+
+    def _rebuild(self) -> None:
+        """The driver has been silent for rebuild_after_s: new sockets. Commands queued for the lost driver (a
+        reset, a chunk planned for a scene that is gone) are dropped instead of reaching the next one."""
+        schema = self._sub.schema
+        self._sub.close()
+        self._push.close()
+        self._open_sockets(schema)
+        self.rebuilds += 1
+        log.warning(
+            "no message from the robot driver at %s for %.1f s: sockets rebuilt, queued commands dropped",
+            self.obs_addr,
+            self.rebuild_after_s,
+        )
+
     def _accept(self, spec: RobotSpec) -> RobotSpec:
         if self.expected is not None:
             try:
@@ -163,6 +184,7 @@ class RobotClient:
                 self.close()
                 raise
         self.spec = spec
+        self._last_heard = time.monotonic()
         self._sub.schema = client_inbox(spec.state_dim, spec.action_dim, spec.cameras)
         interval = min(float(self.runtime.get("heartbeat_s", 0.5)), spec.heartbeat_s)
         self._hb = _Heartbeat(self.cmd_addr, self.client_id, interval, self.curve)
@@ -178,7 +200,12 @@ class RobotClient:
 
     def _next(self, timeout_s: float) -> Observation | None:
         msg = self._sub.recv(timeout_s)
-        if msg is not None and msg.type == "spec":
+        if msg is None:
+            if time.monotonic() - self._last_heard > self.rebuild_after_s:
+                self._rebuild()
+            return None
+        self._last_heard = time.monotonic()
+        if msg.type == "spec":
             self._check_restart(msg)
         if msg is None or msg.type != "obs":
             return None
@@ -295,7 +322,7 @@ class RobotClient:
         self.close()
 
     def stats(self) -> dict:
-        out = {"gaps": self.gaps, "driver_restarts": self.driver_restarts}
+        out = {"gaps": self.gaps, "driver_restarts": self.driver_restarts, "rebuilds": self.rebuilds}
         for name, sock in (("obs", self._sub), ("cmd", self._push)):
             if sock is not None:
                 out.update({f"{name}.{k}": v for k, v in sock.stats().items()})

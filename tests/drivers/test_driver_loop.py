@@ -153,6 +153,27 @@ def test_restarted_driver_is_picked_up_without_restarting_the_client(tmp_path):
             assert robot.recv_obs(5.0).step == 1
 
 
+def test_client_rebuilds_its_sockets_when_the_driver_goes_silent_and_drops_stale_commands(tmp_path):
+    cfg = make_cfg(tmp_path, "runtime.heartbeat_s=0.1", "runtime.rebuild_after_s=1.0")
+    with RobotClient(cfg.runtime) as robot:
+        with running_driver(cfg):
+            robot.connect(10)
+            robot.reset(seed=1, wait_s=30)
+        for seed in (5, 6, 7):  # commands for a driver that is gone: queued by the socket ...
+            robot.reset(seed=seed)
+        wait_for(lambda: robot.recv_obs(0.2) is None and robot.rebuilds >= 1, 10, "a socket rebuild")
+        assert robot.stats()["rebuilds"] >= 1
+        with running_driver(cfg) as second:  # ... and dropped with it: the new driver never runs them
+            wait_for(
+                lambda: robot.latest_obs(0.1) is not None and robot.driver_restarts == 1, 10, "the new driver"
+            )
+            time.sleep(2.0)  # (without the rebuild the queued resets arrive within this: measured, episode 3)
+            assert second.episode == 0  # its own start-up reset only: none of the queued ones ran
+            obs = robot.reset(seed=2, wait_s=30)
+            robot.send_chunk(chunk(2), t0=obs.t + 0.1, chunk_id=1)
+            assert robot.recv_obs(5.0).step == 1
+
+
 def test_late_subscriber_gets_latest_observation_while_idle(tmp_path):
     cfg = make_cfg(tmp_path, "runtime.heartbeat_s=0.1")
     with running_driver(cfg), observer(cfg) as obs_sub:
