@@ -135,12 +135,21 @@ class SimCamera(Camera):
     def read_latest(self, max_age_s: float | None = None) -> Frame:
         if self._task is None:
             raise CameraError(f"camera {self.name} is not connected: call connect() first")
-        color = self._task.render(self.camera, self.height, self.width)
+        try:
+            color = self._task.render(self.camera, self.height, self.width)
+        except Exception as e:  # MuJoCo/GL failures: the driver's camera-lost path (e-stop), not a dead loop
+            raise CameraError(f"camera {self.name}: rendering failed: {e}") from e
         sim_ms = 1e3 * self._task.sim_time()
         return Frame(color, None, None, sim_ms, "sim_time", next(self._frames), time.monotonic(), self.serial)
 
     def disconnect(self) -> None:
         self._task = None
+
+
+def configured_shapes(cameras_cfg: Any) -> dict[str, tuple[int, int, int]]:
+    """name -> (height, width, 3) of a configs/cameras entry: the frames a driver with this config publishes."""
+    cams = (cameras_cfg or {}).get("list") or []
+    return {str(c["name"]): (int(c["height"]), int(c["width"]), 3) for c in cams}
 
 
 CAMERA_TYPES = {"realsense": "drivers.realsense:RealSenseCamera", "sim": "drivers.cameras:SimCamera"}

@@ -118,6 +118,12 @@ class Driver:
         self.teleop = self.teleop or make_teleop(self.cfg.get("teleop"), self.robot)
         if self.teleop is not None:
             self.teleop.connect()
+        slow = [n for n, cam in self.rig.cameras.items() if cam.synchronous]
+        if slow and self.mode == "realtime":
+            raise CameraError(
+                f"camera(s) {slow} render synchronously (~0.5 s a frame in software here): use them with "
+                "robot.mode=lockstep, or cameras=none for a real-time session"
+            )
         self.rig.connect()  # after the robot: a simulator camera renders its scene
         self.max_chunk_len = int(self.cfg.robot.get("max_chunk_len", 256))
         self.heartbeat_s = float(rt.get("heartbeat_s", 0.5))

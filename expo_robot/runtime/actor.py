@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from drivers.cameras import configured_shapes
 from expo_robot.agent import AgentSpec, make_agent
 from expo_robot.config import make_run_dir
 from expo_robot.data.chunking import chunk_transitions
@@ -194,8 +195,9 @@ class Actor:
         self.chunk = int(cfg.agent.chunk)
         self.replan_every = int(cfg.agent.get("replan_every") or self.chunk)
         self.gamma = float(cfg.agent.gamma)
-        self.robot = RobotClient(
-            {**OmegaConf.to_container(cfg.runtime, resolve=True), "host": cfg.runtime.driver_host}
+        self.robot = RobotClient(  # the driver must publish the cameras the learner and the datasets expect
+            {**OmegaConf.to_container(cfg.runtime, resolve=True), "host": cfg.runtime.driver_host},
+            expected={"cameras": configured_shapes(cfg.get("cameras"))},
         )
         self.link = LearnerLink(cfg, self.id) if learn else None
         self.metrics = MetricsLogger(run_dir, tensorboard=False)
@@ -318,6 +320,9 @@ class Actor:
                     self._load_weights()
                 if learn:
                     self._wait_for_learner()
+                if actions and self._operator_label(result, rewards):  # pressed while no chunk ran
+                    terminated = True
+                    break
                 t = time.perf_counter()
                 chunk = self.agent.act(obs.state, mode=mode, images=obs.images or None)
                 result.latencies_ms.append(1e3 * (time.perf_counter() - t))

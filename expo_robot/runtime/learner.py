@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from drivers.cameras import configured_shapes
 from expo_robot.agent import AgentSpec, make_agent
 from expo_robot.config import make_run_dir
 from expo_robot.data.replay import ReplayBuffer
@@ -40,8 +41,7 @@ ONLINE_CAPACITY = 1_000_000
 
 def camera_shapes(cfg: DictConfig) -> dict[str, tuple[int, int, int]]:
     """name -> (height, width, 3) of the configured cameras: the frames the actors' drivers send."""
-    cams = (cfg.get("cameras") or {}).get("list") or []
-    return {str(c["name"]): (int(c["height"]), int(c["width"]), 3) for c in cams}
+    return configured_shapes(cfg.get("cameras"))
 
 
 def agent_spec(cfg: DictConfig, state_dim: int) -> AgentSpec:

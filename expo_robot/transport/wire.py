@@ -215,12 +215,20 @@ def _layout(fields: list, spec: Schema | None) -> tuple[_Entry, ...]:
 
 def _layout_key(fields: Any) -> tuple | None:
     """A hashable copy of a well-typed field list, or None (then it is checked in full and not cached)."""
-    try:
-        key = tuple((name, dtype, tuple(shape)) for name, dtype, shape in fields)
-    except (TypeError, ValueError):
+    if type(fields) is not list or not all(type(e) is list and len(e) == 3 for e in fields):
         return None
-    for name, dtype, shape in key:  # exact types: True == 1 and 2.0 == 2 must not alias a cached layout
-        if type(name) is not str or type(dtype) is not str or not all(type(d) is int for d in shape):
+    key = tuple((name, dtype, tuple(shape) if type(shape) is list else None) for name, dtype, shape in fields)
+    for (
+        name,
+        dtype,
+        shape,
+    ) in key:  # exact types: True == 1, 2.0 == 2 and b"..." must not alias a cached layout
+        if (
+            type(name) is not str
+            or type(dtype) is not str
+            or shape is None
+            or any(type(d) is not int for d in shape)
+        ):
             return None
     return key
 

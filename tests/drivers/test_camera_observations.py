@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from drivers.cameras import (
     CAMERA_TYPES,
     Camera,
+    CameraError,
     CameraNotFoundError,
     CameraTimeoutError,
     Frame,
@@ -106,6 +107,30 @@ def test_sim_camera_with_a_robot_that_is_not_simulated_is_a_clear_error(tmp_path
     with pytest.raises(CameraNotFoundError, match="robot 'fake' is not simulated: use cameras=none"):
         driver.open()
     driver.close()
+
+
+def test_a_rendered_camera_is_refused_in_real_time_and_a_render_failure_is_a_camera_error(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    cfg = sim_cfg(tmp_path, 16)
+    cfg.robot.mode = "realtime"
+    driver = Driver(cfg)
+    with pytest.raises(CameraError, match=r"robot\.mode=lockstep"):
+        driver.open()
+    driver.close()
+    from drivers.cameras import SimCamera
+
+    class Broken:
+        def render(self, *a):
+            raise RuntimeError("GL context lost")
+
+    cam = SimCamera.__new__(SimCamera)
+    cam.name, cam.camera, cam.height, cam.width, cam._task = "front", "front", 16, 16, Broken()
+    with pytest.raises(
+        CameraError, match="rendering failed: GL context lost"
+    ):  # the driver's camera-lost path
+        cam.read_latest()
 
 
 def test_malformed_image_messages_are_dropped():

@@ -186,11 +186,14 @@ def test_fuzz_decode_raises_only_wire_errors():
 def test_a_cached_layout_never_admits_a_header_that_only_looks_equal():
     """decode reuses the checks of a header's field list; bools/floats that compare equal to ints must not alias it."""
     one = Schema("one", {"q": FieldSpec("float32", (1,))})
-    for schema, n, look_alike in ((STATE, 7, 7.0), (one, 1, True)):
+    for schema, n, look_alike in ((STATE, 7, 7.0), (one, 1, True), (STATE, 7, b"\x07")):
         good = encode(schema.type, {"q": np.zeros(n, np.float32)}, {"step": 1})
         decode(good, schema)  # caches the checked layout of [["q", "float32", [n]]]
         with pytest.raises(WireError) as e:
-            decode(with_header(good, fields=[["q", "float32", [look_alike]]]), schema)
+            shape = (
+                look_alike if isinstance(look_alike, bytes) else [look_alike]
+            )  # bytes: a "shape" of one byte
+            decode(with_header(good, fields=[["q", "float32", shape]]), schema)
         assert e.value.reason == "shape"
     nan = encode("state", {"q": np.full(7, np.nan, np.float32)}, {"step": 1})
     with pytest.raises(WireError, match="NaN"):  # values are checked on every message, cached layout or not
