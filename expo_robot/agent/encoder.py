@@ -10,9 +10,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+def agent_image_shapes(
+    cameras: Mapping[str, Sequence[int]], image_size: Sequence[int] | None
+) -> dict[str, tuple[int, int, int]]:
+    """The frame sizes the agent sees: the cameras' own (image_size null) or all resized to image_size [H, W]
+    (a 640x480 camera would make a 150M-parameter encoder and 1.8 MB transitions per step)."""
+    if not image_size:
+        return {k: tuple(int(d) for d in v) for k, v in cameras.items()}
+    h, w = (int(d) for d in image_size)
+    return {k: (h, w, int(v[2])) for k, v in cameras.items()}
+
+
+def resize_frames(frames: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """uint8 [..., H, W, C] -> uint8 [..., h, w, C] by area averaging (no aliasing when shrinking)."""
+    frames = np.asarray(frames)
+    h, w = int(shape[0]), int(shape[1])
+    if frames.shape[-3:-1] == (h, w):
+        return frames
+    lead = frames.shape[:-3]
+    x = torch.from_numpy(np.ascontiguousarray(frames.reshape(-1, *frames.shape[-3:]))).permute(0, 3, 1, 2)
+    x = F.interpolate(x.float(), size=(h, w), mode="area").round_().clamp_(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy().reshape(*lead, h, w, frames.shape[-1])
 
 
 def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:

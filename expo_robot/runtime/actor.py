@@ -27,12 +27,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from drivers.cameras import configured_shapes
 from expo_robot.agent import AgentSpec, make_agent
+from expo_robot.agent.encoder import resize_frames
 from expo_robot.config import make_run_dir
 from expo_robot.data.chunking import chunk_transitions
 from expo_robot.data.dataset_io import EpisodeWriter, camera_features, dataset_features
 from expo_robot.observe import metrics as M
 from expo_robot.observe.metrics import MetricsLogger
 from expo_robot.observe.stats import latency_summary
+from expo_robot.runtime.learner import agent_cameras
 from expo_robot.runtime.messages import LEARNER_OUTBOX, unpack_state
 from expo_robot.transport.robot_client import RobotClient
 from expo_robot.transport.sockets import CurveKeys, Pusher, Subscriber, address
@@ -213,6 +215,7 @@ class Actor:
         """Handshake with the driver, build the agent, then load `agent_state` (a checkpoint's) or wait for the
         learner's first weights."""
         spec = self.robot.connect(timeout_s=float(self.cfg.runtime.recv_timeout_s) * 5)
+        self.frame_shapes = agent_cameras(self.cfg, dict(spec.cameras))  # what the agent sees, after resizing
         self.dt = 1.0 / spec.fps
         self.agent = make_agent(
             self.cfg.agent,
@@ -222,7 +225,7 @@ class Actor:
                 spec.action_low,
                 spec.action_high,
                 self.chunk,
-                dict(spec.cameras),
+                self.frame_shapes,
             ),
             device=self.cfg.device,
             seed=int(self.cfg.seed),
@@ -307,9 +310,7 @@ class Actor:
         obs = self._reset(seed)
         self.labels.start((self.robot.latest or obs).counters)
         states, actions, rewards, flags, stamps = [obs.state], [], [], [], [obs.stamp]
-        frames = {
-            name: [np.array(img)] for name, img in obs.images.items()
-        }  # copies: views on socket buffers
+        frames = {name: [img] for name, img in self._frames(obs).items()}
         result = EpisodeResult(False, 0.0, 0, 0)
         self.last_loop = obs.loop
         terminated = False
@@ -324,7 +325,9 @@ class Actor:
                     terminated = True
                     break
                 t = time.perf_counter()
-                chunk = self.agent.act(obs.state, mode=mode, images=obs.images or None)
+                chunk = self.agent.act(
+                    obs.state, mode=mode, images={k: f[-1] for k, f in frames.items()} or None
+                )
                 result.latencies_ms.append(1e3 * (time.perf_counter() - t))
                 t0 = self._chunk_t0(obs)
                 self.robot.send_chunk(np.asarray(chunk, np.float32), t0=t0, chunk_id=self.chunks_sent)
@@ -342,8 +345,8 @@ class Actor:
                     rewards.append(obs.reward)
                     flags.append(obs.intervention)
                     stamps.append(obs.stamp)
-                    for name, img in obs.images.items():
-                        frames[name].append(np.array(img))
+                    for name, img in self._frames(obs).items():
+                        frames[name].append(img)
                     self.last_loop = obs.loop
                     result.step_wall.append(obs.wall)
                     result.success |= bool(obs.success)
@@ -385,6 +388,10 @@ class Actor:
                 self.metrics.log(self.env_steps, "driver", **{M.LOOP_PERIOD_MS: 1e3 * float(period)})
         return result
 
+    def _frames(self, obs) -> dict[str, np.ndarray]:
+        """The observation's camera frames at the agent's size (copies: the received ones are socket buffers)."""
+        return {k: np.array(resize_frames(v, self.frame_shapes[k])) for k, v in obs.images.items()}
+
     def _operator_label(self, result: EpisodeResult, rewards: list[float]) -> bool:
         """An operator's success/failure key ends the episode as a terminal one; success is rewarded on the step
         it was pressed (the task's own success counts too, so in the simulator either can end an episode)."""
@@ -424,7 +431,7 @@ class Actor:
         if name not in self.writers:
             spec = self.robot.spec
             features = dataset_features(
-                spec.state_dim, spec.action_dim, extra=camera_features(spec.cameras), capture_time=True
+                spec.state_dim, spec.action_dim, extra=camera_features(self.frame_shapes), capture_time=True
             )
             self.writers[name] = EpisodeWriter(
                 self.run_dir / "episodes" / name, round(spec.fps), features, self.cfg.task.description,

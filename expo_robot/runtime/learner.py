@@ -22,7 +22,8 @@ import torch
 from omegaconf import DictConfig
 
 from drivers.cameras import configured_shapes
-from expo_robot.agent import AgentSpec, make_agent
+from expo_robot.agent import AgentSpec, agent_params, make_agent
+from expo_robot.agent.encoder import agent_image_shapes
 from expo_robot.config import make_run_dir
 from expo_robot.data.replay import ReplayBuffer
 from expo_robot.observe.metrics import BUFFER_SIZE, LEARNER_UPDATES, MetricsLogger
@@ -44,10 +45,18 @@ def camera_shapes(cfg: DictConfig) -> dict[str, tuple[int, int, int]]:
     return configured_shapes(cfg.get("cameras"))
 
 
+def agent_cameras(cfg: DictConfig, cameras: dict | None = None) -> dict[str, tuple[int, int, int]]:
+    """The frame sizes the agent sees: the cameras' (`cameras`, default the configured ones) after the agent's
+    resize (`agent.encoder.image_size`)."""
+    params = agent_params(cfg.agent, cfg.get("profile"))
+    image_size = (params.get("encoder") or {}).get("image_size")
+    return agent_image_shapes(camera_shapes(cfg) if cameras is None else cameras, image_size)
+
+
 def agent_spec(cfg: DictConfig, state_dim: int) -> AgentSpec:
     return AgentSpec(
         state_dim, len(cfg.robot.action_low), cfg.robot.action_low, cfg.robot.action_high, cfg.agent.chunk,
-        images=camera_shapes(cfg),
+        images=agent_cameras(cfg),
     )  # fmt: skip
 
 
@@ -79,7 +88,7 @@ class Learner:
     def _setup_data_and_agent(self) -> None:
         cfg = self.cfg
         offline, self.offline_summary = load_offline_transitions(
-            offline_dataset_paths(cfg), cfg.agent.chunk, self.gamma, camera_shapes(cfg)
+            offline_dataset_paths(cfg), cfg.agent.chunk, self.gamma, camera_shapes(cfg), agent_cameras(cfg)
         )
         spec = agent_spec(cfg, offline["obs"].shape[1])
         self.agent = make_agent(cfg.agent, spec, device=cfg.device, seed=cfg.seed)

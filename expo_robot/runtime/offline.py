@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from expo_robot.agent.encoder import resize_frames
 from expo_robot.data.chunking import episode_chunks
 from expo_robot.data.dataset_io import load_episodes
 
@@ -35,10 +36,11 @@ def offline_dataset_paths(cfg: DictConfig) -> list[Path]:
 
 
 def load_offline_transitions(
-    paths: list[Path], chunk: int, gamma: float, cameras: dict | None = None
+    paths: list[Path], chunk: int, gamma: float, cameras: dict | None = None, resize_to: dict | None = None
 ) -> tuple[dict[str, np.ndarray], dict]:
     """All chunk transitions of the datasets (every start, stride 1), and a summary (episodes, frames, success).
-    `cameras` (name -> (H, W, 3)): the agent sees these cameras, so their frames come too (and must be there)."""
+    `cameras` (name -> (H, W, 3)): the agent sees these cameras, so their frames come too (and must be there), resized
+    to `resize_to` (the agent's sizes) when given."""
     episodes = load_episodes(paths, images=bool(cameras))
     for ep in episodes if cameras else ():
         got = {k: tuple(v.shape[1:]) for k, v in ep.images.items()}
@@ -47,6 +49,8 @@ def load_offline_transitions(
                 f"the offline datasets {', '.join(map(str, paths))} hold camera frames {got}; this session's cameras "
                 f"are {dict(cameras)}: record with the same cameras (names and sizes), or set cameras= to match"
             )
+        if resize_to:
+            ep.images = {k: resize_frames(v, resize_to[k]) for k, v in ep.images.items() if k in resize_to}
     parts = [c for c in (episode_chunks(ep, chunk, gamma, stride=1) for ep in episodes) if c is not None]
     if not parts:
         raise ValueError(f"the offline datasets {', '.join(map(str, paths))} hold no usable episode")

@@ -26,7 +26,7 @@ from expo_robot.data.replay import ReplayBuffer
 from expo_robot.observe.live import ProgressBar
 from expo_robot.observe.metrics import MetricsLogger
 from expo_robot.runtime.checkpoint import save_checkpoint
-from expo_robot.runtime.learner import agent_spec, camera_shapes
+from expo_robot.runtime.learner import agent_cameras, agent_spec, camera_shapes
 from expo_robot.runtime.offline import load_offline_transitions, offline_dataset_paths
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,9 @@ def dataset_paths(cfg: DictConfig, words: list[str]) -> list[Path]:
 def pretrain(cfg: DictConfig, run_dir: Path, paths: list[Path], steps: int) -> dict:
     """Pretrain the base on `paths` for `steps` steps; write the checkpoint, metrics and loss plot into run_dir."""
     gamma = float(cfg.agent.gamma)
-    offline, data_summary = load_offline_transitions(paths, int(cfg.agent.chunk), gamma, camera_shapes(cfg))
+    offline, data_summary = load_offline_transitions(
+        paths, int(cfg.agent.chunk), gamma, camera_shapes(cfg), agent_cameras(cfg)
+    )
     spec = agent_spec(cfg, offline["obs"].shape[1])
     agent = make_agent(cfg.agent, spec, device=cfg.device, seed=int(cfg.seed))
     buffer = ReplayBuffer(len(offline["obs"]), spec.state_dim, spec.chunk, spec.action_dim, spec.images)

@@ -7,7 +7,7 @@ import torch
 from agent_fixtures import agent_cfg
 
 from expo_robot.agent import AgentSpec, make_agent
-from expo_robot.agent.encoder import ImageEncoder, random_shift
+from expo_robot.agent.encoder import ImageEncoder, agent_image_shapes, random_shift, resize_frames
 from expo_robot.data.chunking import chunk_transitions
 from expo_robot.data.replay import ReplayBuffer, sample_symmetric
 
@@ -103,3 +103,14 @@ def test_chunk_transitions_carry_the_frames_of_their_states():
     buf.add_batch(out)
     batch = sample_symmetric(buf, None, 4, np.random.default_rng(0))
     assert batch["obs_image.cam"].dtype == np.uint8 and batch["obs_image.cam"].shape == (4, 2, 2, 3)
+
+
+def test_frames_are_resized_to_the_agents_size_by_area_averaging():
+    frames = np.zeros((2, 4, 6, 3), np.uint8)
+    frames[:, :2, :3] = 200  # top-left quadrant bright
+    small = resize_frames(frames, (2, 3))
+    assert small.shape == (2, 2, 3, 3) and small.dtype == np.uint8
+    assert (small[:, 0, 0] == 200).all() and (small[:, 1, 2] == 0).all()
+    assert resize_frames(frames, (4, 6)) is frames  # already the size: untouched
+    assert agent_image_shapes({"front": (480, 640, 3)}, [96, 96]) == {"front": (96, 96, 3)}
+    assert agent_image_shapes({"front": (48, 64, 3)}, None) == {"front": (48, 64, 3)}

@@ -1,6 +1,6 @@
-"""An image-observation fine-tune end to end: the simulated Panda's camera rendered by MuJoCo in the driver (32x32,
-~0.5 s a frame in software here), seed data with rendered frames, the agent's image encoder in the actor and the
-learner, frames in the transitions, the replay buffer and the session's own dataset."""
+"""An image-observation fine-tune end to end: the simulated Panda's camera rendered by MuJoCo in the driver (48x48,
+~0.5 s a frame in software here), seed data with rendered frames, frames resized to the agent's 24x24, the agent's
+image encoder in the actor and the learner, frames in the transitions, the replay buffer and the session's dataset."""
 
 import json
 import os
@@ -13,8 +13,9 @@ import pytest
 from expo_robot.data.dataset_io import load_episodes
 from expo_robot.runtime.checkpoint import load_checkpoint
 
-CAMERA = "cameras.list=[{name:front,type:sim,camera:front,width:32,height:32}]"
+CAMERA = "cameras.list=[{name:front,type:sim,camera:front,width:48,height:48}]"
 SMALL = [
+    "agent.encoder.image_size=[24,24]",
     "agent.profiles.demo.encoder.channels=8",
     "agent.profiles.demo.encoder.layers=2",
     "agent.profiles.demo.encoder.embed=16",
@@ -44,11 +45,11 @@ def test_image_finetune_session_end_to_end(processes, tmp_path):
     assert len(online["obs"]) > 0 and ckpt["counters"]["updates"] > 0
     for buf in (online, offline):  # frames came with the seed data and with every online transition
         for key in ("obs_image.front", "next_obs_image.front"):
-            assert buf[key].shape == (len(buf["obs"]), 32, 32, 3) and buf[key].dtype == np.uint8
+            assert buf[key].shape == (len(buf["obs"]), 24, 24, 3) and buf[key].dtype == np.uint8
             assert buf[key].std() > 0  # rendered scenes, not blank frames
     assert ckpt["agent"]["modules"]["encoder"]  # the image encoder's weights are in the checkpoint
     actor = json.loads((run / "actor-0.json").read_text())
     assert actor["env_steps"] == ckpt["counters"]["env_steps"] >= 16
     recorded = load_episodes(run / "episodes" / "actor-0")
     assert len(recorded) == actor["episodes"]
-    assert all(ep.images["front"].shape == (len(ep), 32, 32, 3) for ep in recorded)
+    assert all(ep.images["front"].shape == (len(ep), 24, 24, 3) for ep in recorded)
