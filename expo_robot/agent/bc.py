@@ -18,21 +18,24 @@ class BCAgent(AgentCore):
     """Base policy (flow or DDPM) with an EMA copy that acts. Online it does nothing: its curve is the starting point."""
 
     ACTING = ("base_ema",)
+    USES = ("base",)
 
     def __init__(self, cfg: dict, spec, device="auto", seed: int = 0):
         super().__init__(cfg, spec, device, seed)
         b = cfg["base"]
-        self.base = make_base(b["kind"], self.obs_dim, self.act_dim, b).to(self.device)
+        self.base = make_base(b["kind"], self.view_dim("base"), self.act_dim, b).to(self.device)
         self.base_ema = copy.deepcopy(self.base).requires_grad_(False)
         self.base_opt = torch.optim.AdamW(
-            [*self.base.parameters(), *self.encoder_params()], lr=b["lr"], weight_decay=b["weight_decay"]
+            [*self.base.parameters(), *self.encoder_params("base")],
+            lr=b["lr"],
+            weight_decay=b["weight_decay"],
         )
         self.modules.update(base=self.base, base_ema=self.base_ema)
         self.optims["base"] = self.base_opt
 
     def imitation_step(self, tensors: dict[str, torch.Tensor], ema_rate: float) -> dict[str, float]:
         self.base.train()
-        loss = self.base.loss(tensors["obs"], tensors["action"], self.gen)
+        loss = self.base.loss(self.view(tensors["obs"], "base"), tensors["action"], self.gen)
         self.base_opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = grad_norm(self.base.parameters())
@@ -69,7 +72,7 @@ class BCAgent(AgentCore):
         return {}
 
     def _act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        return self.base_ema.sample(obs, 1, None, self.gen)[:, 0]
+        return self.base_ema.sample(self.view(obs, "base"), 1, None, self.gen)[:, 0]
 
     def _symmetric(self, offline_buffer, online_buffer, n: int):
         self.ensure_normalizer(

@@ -41,6 +41,10 @@ class AgentCore:
     """Base class. Subclasses fill `self.modules`, `self.optims` and `ACTING` (module names an actor needs)."""
 
     ACTING: tuple[str, ...] = ()
+    USES: tuple[str, ...] = (
+        "base",
+        "critic",
+    )  # the networks that see camera features ("critic": critic and edit)
 
     def __init__(self, cfg: dict, spec, device="auto", seed: int = 0):
         self.cfg, self.spec = cfg, spec
@@ -52,13 +56,39 @@ class AgentCore:
         self.rng = np.random.default_rng(seed)  # minibatch indices
         self.norm = Normalizer(spec.state_dim, spec.action_low, spec.action_high, spec.chunk).to(self.device)
         self.modules: dict[str, nn.Module] = {"norm": self.norm}
-        self.encoder: ImageEncoder | None = None
+        self.encoders: dict[str, ImageEncoder] = {}  # role ("shared", or "base" / "critic") -> encoder
+        self.views: dict[
+            str, torch.Tensor
+        ] = {}  # role -> the feature columns its networks see (all if absent)
+        self.obs_dim = spec.state_dim
         if spec.images:  # camera features are appended to the state: networks take obs_dim inputs
-            self.encoder = ImageEncoder(spec.images, cfg.get("encoder")).to(self.device)
-            self.modules["encoder"] = self.encoder
-        self.obs_dim = spec.state_dim + (self.encoder.out_dim if self.encoder is not None else 0)
+            self._build_encoders(dict(cfg.get("encoder") or {}))
         self.optims: dict[str, torch.optim.Optimizer] = {}
         self.counters = {"updates": 0, "pretrain_steps": 0}
+
+    def _build_encoders(self, enc_cfg: dict) -> None:
+        """One encoder shared by the base and the critic, or one each (`encoder.shared: false`): the base's learns
+        from imitation only, the critic's from the TD loss only, so fine-tuning the critic never moves the features
+        the (pretrained) base policy acts on. Features: [state | first encoder | second encoder]."""
+        roles = ("shared",) if enc_cfg.get("shared", False) or len(self.USES) == 1 else self.USES
+        state = torch.arange(self.spec.state_dim)
+        for role in roles:
+            enc = ImageEncoder(self.spec.images, enc_cfg).to(self.device)
+            self.encoders[role] = enc
+            self.modules["encoder" if role == "shared" else f"encoder_{role}"] = enc
+            if role != "shared":
+                cols = torch.arange(self.obs_dim, self.obs_dim + enc.out_dim)
+                self.views[role] = torch.cat([state, cols]).to(self.device)
+            self.obs_dim += enc.out_dim
+
+    def view(self, obs: torch.Tensor, role: str) -> torch.Tensor:
+        """The part of the observation features the `role` networks see ("base" or "critic")."""
+        idx = self.views.get(role)
+        return obs if idx is None else obs.index_select(-1, idx)
+
+    def view_dim(self, role: str) -> int:
+        idx = self.views.get(role)
+        return self.obs_dim if idx is None else len(idx)
 
     # ----- data -----
     def ensure_normalizer(self, buffer) -> None:
@@ -83,29 +113,31 @@ class AgentCore:
     def features(self, t: dict[str, torch.Tensor], key: str, augment: bool, grad: bool) -> torch.Tensor:
         """Normalised state t[key], followed by the encoder's features of images t[f"{key}_image.<camera>"]."""
         obs = self.norm.obs(t[key].reshape(-1, self.spec.state_dim))
-        if self.encoder is None:
+        if not self.encoders:
             return obs
-        images = {name: t[f"{key}_image.{name}"] for name in self.encoder.names}
+        images = {name: t[f"{key}_image.{name}"] for name in self.spec.images}
         with torch.set_grad_enabled(grad):
-            return torch.cat([obs, self.encoder(images, augment, self.cpu_gen)], dim=-1)
+            feats = [enc(images, augment, self.cpu_gen) for enc in self.encoders.values()]
+            return torch.cat([obs, *feats], dim=-1)
 
     def obs_tensor(self, state: np.ndarray, images: dict[str, np.ndarray] | None = None) -> torch.Tensor:
         # copies: observations are read-only views on received messages, which torch must not alias
         t = {"obs": torch.from_numpy(np.array(state, np.float32)).to(self.device)}
-        if self.encoder is not None:
-            if not images or set(images) != set(self.encoder.names):
+        if self.encoders:
+            if not images or set(images) != set(self.spec.images):
                 raise ValueError(
-                    f"this agent sees cameras {self.encoder.names}; got images {sorted(images or {})}"
+                    f"this agent sees cameras {sorted(self.spec.images)}; got images {sorted(images or {})}"
                 )
             for name, img in images.items():
                 img = torch.from_numpy(np.array(img, np.uint8)).to(self.device)
                 t[f"obs_image.{name}"] = img.reshape(-1, *self.spec.images[name])
         return self.features(t, "obs", augment=False, grad=False)
 
-    def encoder_params(self) -> list[nn.Parameter]:
-        """The image encoder's parameters (none without cameras), trained with the base (pretraining) and the
-        critic (online)."""
-        return list(self.encoder.parameters()) if self.encoder is not None else []
+    def encoder_params(self, role: str) -> list[nn.Parameter]:
+        """Parameters of the encoder the `role` networks' loss trains (none without cameras): the shared one
+        (imitation in pretraining, the TD loss online) or the role's own."""
+        enc = self.encoders.get("shared", self.encoders.get(role))
+        return list(enc.parameters()) if enc is not None else []
 
     def to_env(self, action: torch.Tensor) -> np.ndarray:
         """Normalised flat chunks [B, D] -> env units [B, H, A], clipped to the action bounds."""
@@ -138,7 +170,8 @@ class AgentCore:
 
     def acting_modules(self) -> tuple[str, ...]:
         """What an actor needs: the normaliser, the image encoder when there are cameras, and ACTING."""
-        return ("norm", *(("encoder",) if self.encoder is not None else ()), *self.ACTING)
+        encoders = tuple(k for k in self.modules if k.startswith("encoder"))
+        return ("norm", *encoders, *self.ACTING)
 
     def load_acting_state(self, d: dict[str, np.ndarray]) -> None:
         for name in self.acting_modules():

@@ -25,6 +25,7 @@ from expo_robot.agent.select import Selection, select
 
 class ExpoAgent(BCAgent):
     ACTING = ("base_ema", "edit", "critic_target")
+    USES = ("base", "critic")
 
     def __init__(self, cfg: dict, spec, device="auto", seed: int = 0):
         super().__init__(cfg, spec, device, seed)
@@ -35,8 +36,9 @@ class ExpoAgent(BCAgent):
                 f"a DDPM base samples with all its T={cfg['base']['steps']} steps; set "
                 "agent.profiles.<profile>.select.proposal_steps=null (fewer proposal steps need base.kind=flow)"
             )
-        self.edit = EditPolicy(self.obs_dim, self.act_dim, e["hidden"], e["depth"], e["beta"], e["dropout"])
-        self.critic = EnsembleCritic(self.obs_dim, self.act_dim, c["members"], c["hidden"], c["depth"])
+        obs_dim = self.view_dim("critic")  # the edit policy sees what the critic sees
+        self.edit = EditPolicy(obs_dim, self.act_dim, e["hidden"], e["depth"], e["beta"], e["dropout"])
+        self.critic = EnsembleCritic(obs_dim, self.act_dim, c["members"], c["hidden"], c["depth"])
         self.edit, self.critic = self.edit.to(self.device), self.critic.to(self.device)
         self.critic_target = make_target(self.critic)
         self.temperature = Temperature(a["init"]).to(self.device)
@@ -46,7 +48,7 @@ class ExpoAgent(BCAgent):
         self.modules["temperature"] = self.temperature
         self.optims.update(
             edit=torch.optim.Adam(self.edit.parameters(), lr=e["lr"]),
-            critic=torch.optim.Adam([*self.critic.parameters(), *self.encoder_params()], lr=c["lr"]),
+            critic=torch.optim.Adam([*self.critic.parameters(), *self.encoder_params("critic")], lr=c["lr"]),
             alpha=torch.optim.Adam(self.temperature.parameters(), lr=a["lr"]),
         )
         self.cache = None
@@ -66,7 +68,7 @@ class ExpoAgent(BCAgent):
         s = self.cfg["select"]
         self.edit.eval()
         return select(
-            obs,
+            self.view(obs, "critic"),
             self.critic_target,
             self.subset(),
             base=self.base_ema if acting else self.base,
@@ -76,6 +78,7 @@ class ExpoAgent(BCAgent):
             edit=self.edit if self.use_edit else None,
             deterministic_edit=deterministic,
             generator=self.gen,
+            base_obs=self.view(obs, "base"),
         )
 
     def _act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
@@ -86,7 +89,9 @@ class ExpoAgent(BCAgent):
         s = self.cfg["select"]
 
         def fresh(next_obs: torch.Tensor) -> torch.Tensor:
-            return self.base.sample(next_obs, s["n_backup"], s.get("proposal_steps"), self.gen)
+            return self.base.sample(
+                self.view(next_obs, "base"), s["n_backup"], s.get("proposal_steps"), self.gen
+            )
 
         if self.cache is None or batch is None or "index" not in batch:
             return fresh(t["next_obs"])
@@ -104,16 +109,19 @@ class ExpoAgent(BCAgent):
             sel = self.otf(t["next_obs"], acting=False, proposals=self.backup_proposals(t, batch))
             next_action, next_q = sel.action, sel.q
         else:
-            s = self.cfg["select"]
-            proposal = self.base.sample(t["next_obs"], 1, s.get("proposal_steps"), self.gen)[:, 0]
+            s, obs = self.cfg["select"], self.view(t["next_obs"], "critic")
+            proposal = self.base.sample(
+                self.view(t["next_obs"], "base"), 1, s.get("proposal_steps"), self.gen
+            )[:, 0]
             next_action = proposal
             if self.use_edit:
-                next_action, _ = self.edit(t["next_obs"], proposal, generator=self.gen)
-            next_q = self.critic_target.min_over(t["next_obs"], next_action, self.subset())
+                next_action, _ = self.edit(obs, proposal, generator=self.gen)
+            next_q = self.critic_target.min_over(obs, next_action, self.subset())
         return t["reward"] + t["discount"] * next_q, next_action
 
     def critic_step(self, t: dict, batch: dict | None = None) -> dict[str, float]:
         target, _ = self.td_target(t, batch)
+        t = {**t, "obs": self.view(t["obs"], "critic")}
         return critic_regression_step(
             self.critic, self.critic_target, self.optims["critic"], t, target, self.cfg["critic"]["tau"]
         )
@@ -123,9 +131,10 @@ class ExpoAgent(BCAgent):
         """alpha * log pi - mean over ALL members of Q(s, a + beta tanh u), on replay actions."""
         self.edit.train()
         alpha = self.temperature().detach()
-        edited, log_prob = self.edit(t["obs"], t["action"], generator=self.gen)
+        obs = self.view(t["obs"], "critic")
+        edited, log_prob = self.edit(obs, t["action"], generator=self.gen)
         self.critic.requires_grad_(False)
-        q = self.critic(t["obs"], edited).mean(0)
+        q = self.critic(obs, edited).mean(0)
         self.critic.requires_grad_(True)
         loss = (alpha * log_prob - q).mean()
         opt = self.optims["edit"]
@@ -159,7 +168,9 @@ class ExpoAgent(BCAgent):
         metrics: dict[str, float] = {}
         for _ in range(self.cfg["utd"]):
             batch = self._symmetric(offline_buffer, online_buffer, n)
-            t = self.tensors(batch, encode_grad=self.encoder is not None)  # the TD loss trains the encoder
+            t = self.tensors(
+                batch, encode_grad=bool(self.encoders)
+            )  # the TD loss trains the critic's encoder
             metrics = self.critic_step(t, batch)
         t["obs"] = t["obs"].detach()  # the base and edit steps see the camera features, never train them
         metrics |= self.imitation_step(t, self.cfg["base"]["ema_rate"])

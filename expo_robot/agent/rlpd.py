@@ -20,6 +20,7 @@ from expo_robot.data.replay import sample_symmetric
 
 class RLPDAgent(AgentCore):
     ACTING = ("actor",)
+    USES = ("critic",)  # one image encoder, trained by the TD loss
 
     def __init__(self, cfg: dict, spec, device="auto", seed: int = 0):
         super().__init__(cfg, spec, device, seed)
@@ -35,7 +36,7 @@ class RLPDAgent(AgentCore):
         self.modules["temperature"] = self.temperature
         self.optims.update(
             actor=torch.optim.Adam(self.actor.parameters(), lr=ac["lr"]),
-            critic=torch.optim.Adam([*self.critic.parameters(), *self.encoder_params()], lr=c["lr"]),
+            critic=torch.optim.Adam([*self.critic.parameters(), *self.encoder_params("critic")], lr=c["lr"]),
             alpha=torch.optim.Adam(self.temperature.parameters(), lr=a["lr"]),
         )
 
@@ -93,7 +94,7 @@ class RLPDAgent(AgentCore):
         for _ in range(self.cfg["utd"]):
             t = self.tensors(
                 sample_symmetric(offline_buffer, online_buffer, self.cfg["batch_size"], self.rng),
-                encode_grad=self.encoder is not None,  # the TD loss trains the encoder
+                encode_grad=bool(self.encoders),  # the TD loss trains the encoder
             )
             metrics = self.critic_step(t)
         t["obs"] = t["obs"].detach()  # the actor sees the camera features, never trains them

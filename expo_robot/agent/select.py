@@ -36,13 +36,15 @@ def select(
     deterministic_edit: bool = False,
     edit_noise: torch.Tensor | None = None,
     generator=None,
+    base_obs: torch.Tensor | None = None,
 ) -> Selection:
     """obs [B, S] (normalised). Proposals come from `base.sample(obs, n, steps)` unless given ([B, N, D]).
 
     edit=None gives best-of-N without edits. `edit_noise` [B, N, D] fixes the edit noise (tests, reproducibility).
+    `base_obs`: what the base sees, when it has features of its own (a separate image encoder); default obs.
     """
     if proposals is None:
-        proposals = base.sample(obs, n, steps, generator)
+        proposals = base.sample(obs if base_obs is None else base_obs, n, steps, generator)
     b, n, d = proposals.shape
     candidates = proposals
     if edit is not None:

@@ -55,32 +55,61 @@ def image_dataset(n: int, seed: int = 0) -> ReplayBuffer:
     return buf
 
 
+def params(enc) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in enc.parameters()]
+
+
+def changed(before, enc) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, enc.parameters()))
+
+
 def test_pretraining_teaches_the_encoder_what_only_the_camera_shows():
     torch.set_num_threads(1)
     agent = make_agent(agent_cfg("bc", **SMALL, pretrain={"batch_size": 64}), SPEC, device="cpu", seed=0)
+    assert set(agent.encoders) == {"shared"}  # BC: one network sees the cameras
     buf = image_dataset(256)
-    before = [p.detach().clone() for p in agent.encoder.parameters()]
+    before = params(agent.encoders["shared"])
     agent.pretrain(buf, 400)
-    assert any(not torch.equal(a, b) for a, b in zip(before, agent.encoder.parameters()))
+    assert changed(before, agent.encoders["shared"])
     state = np.zeros(3, np.float32)
     bright = agent.act(state, "eval", images={"front": np.full(CAM, 220, np.uint8)})
     dark = agent.act(state, "eval", images={"front": np.full(CAM, 30, np.uint8)})
     assert bright.mean() > 0.4 and dark.mean() < -0.4, (bright, dark)
 
 
-def test_online_update_trains_the_encoder_through_the_critic_only_and_it_travels_to_actors():
+@pytest.mark.parametrize("shared", [False, True])
+def test_each_loss_trains_only_its_encoder_and_all_of_them_travel_to_actors(shared):
+    """Separate: imitation trains the base's encoder, the TD loss the critic's (online the base's stays put).
+    Shared: one encoder, trained by both."""
     torch.set_num_threads(1)
-    agent = make_agent(agent_cfg("expo", **SMALL), SPEC, device="cpu", seed=0)
+    cfg = agent_cfg("expo", encoder={**SMALL["encoder"], "shared": shared}, pretrain={"batch_size": 32})
+    agent = make_agent(cfg, SPEC, device="cpu", seed=0)
     offline, online = image_dataset(64, 0), image_dataset(64, 1)
-    agent.ensure_normalizer(offline)
-    before = [p.detach().clone() for p in agent.encoder.parameters()]
+    roles = {"shared"} if shared else {"base", "critic"}
+    assert set(agent.encoders) == roles
+    base_enc, critic_enc = (
+        agent.encoders.get("base", agent.encoders.get("shared")),
+        agent.encoders.get("critic"),
+    )
+
+    before = {r: params(e) for r, e in agent.encoders.items()}
+    agent.pretrain(offline, 5)
+    assert changed(before[next(iter(roles - {"critic"}))], base_enc)
+    if critic_enc is not None:
+        assert not changed(before["critic"], critic_enc)  # imitation never trains the critic's encoder
+
+    before = {r: params(e) for r, e in agent.encoders.items()}
     metrics = agent.update(offline, online)
     assert np.isfinite(metrics["critic/loss"]) and np.isfinite(metrics["edit/loss"])
-    assert any(not torch.equal(a, b) for a, b in zip(before, agent.encoder.parameters()))
+    assert changed(before["shared" if shared else "critic"], critic_enc or base_enc)
+    if not shared:
+        assert not changed(before["base"], base_enc)  # the base and edit steps see features, never train them
 
     acting = agent.acting_state()
-    assert any(k.startswith("encoder.") for k in acting)
-    actor = make_agent(agent_cfg("expo", **SMALL), SPEC, device="cpu", seed=1)
+    assert {k.split(".")[0] for k in acting if k.startswith("encoder")} == (
+        {"encoder"} if shared else {"encoder_base", "encoder_critic"}
+    )
+    actor = make_agent(cfg, SPEC, device="cpu", seed=1)
     actor.load_acting_state(acting)
     for k, v in actor.acting_state().items():
         np.testing.assert_array_equal(v, acting[k])
