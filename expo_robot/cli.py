@@ -41,6 +41,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "teleop": Command("drive the robot with a teleop device, no recording", "expo_robot.runtime.teleop:main"),
     "record": Command("record teleop demonstrations into a LeRobotDataset", "expo_robot.runtime.record:main"),
+    "reward": Command(
+        "train a success classifier on camera frames from labelled episodes (image-task rewards)",
+        "expo_robot.runtime.reward:main",
+        section="reward_classifier",
+    ),
     "dataset": Command(
         "dataset info|check|repair PATH: summary and validation of a LeRobotDataset",
         "expo_robot.data.dataset_cli:main",

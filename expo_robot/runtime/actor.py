@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from drivers.cameras import configured_shapes
 from expo_robot.agent import AgentSpec, make_agent
 from expo_robot.agent.encoder import resize_frames
-from expo_robot.config import make_run_dir
+from expo_robot.config import ConfigError, make_run_dir
 from expo_robot.data.chunking import chunk_transitions
 from expo_robot.data.dataset_io import EpisodeWriter, camera_features, dataset_features
 from expo_robot.observe import metrics as M
@@ -208,6 +208,13 @@ class Actor:
         self.robot_episode = -1  # the driver's episode counter, as last seen
         self.writers: dict[str, EpisodeWriter] = {}  # dataset name -> writer, opened at its first episode
         self.labels = OperatorLabels()
+        self.classifier_cfg = cfg.get("reward_classifier") or {}
+        self.classifier = None
+        if self.classifier_cfg.get("path"):  # image tasks without a success detector (expo-robot reward)
+            from expo_robot.runtime.reward import load_classifier
+
+            self.classifier = load_classifier(self.classifier_cfg.path)
+        self.classifier_hits = 0
         self.success_reward = float(self.session.get("operator_success_reward", 1.0))
 
     # ---- set-up ----
@@ -216,6 +223,11 @@ class Actor:
         learner's first weights."""
         spec = self.robot.connect(timeout_s=float(self.cfg.runtime.recv_timeout_s) * 5)
         self.frame_shapes = agent_cameras(self.cfg, dict(spec.cameras))  # what the agent sees, after resizing
+        if self.classifier is not None and set(self.classifier.cameras) != set(spec.cameras):
+            raise ConfigError(
+                f"the reward classifier {self.classifier_cfg.path} was trained on cameras "
+                f"{sorted(self.classifier.cameras)}; the robot has {sorted(spec.cameras)}: use matching cameras="
+            )
         self.dt = 1.0 / spec.fps
         self.agent = make_agent(
             self.cfg.agent,
@@ -309,6 +321,7 @@ class Actor:
             seed = self.episode_seed
         obs = self._reset(seed)
         self.labels.start((self.robot.latest or obs).counters)
+        self.classifier_hits = 0
         states, actions, rewards, flags, stamps = [obs.state], [], [], [], [obs.stamp]
         frames = {name: [img] for name, img in self._frames(obs).items()}
         result = EpisodeResult(False, 0.0, 0, 0)
@@ -350,7 +363,11 @@ class Actor:
                     self.last_loop = obs.loop
                     result.step_wall.append(obs.wall)
                     result.success |= bool(obs.success)
-                    terminated = bool(obs.terminated) or self._operator_label(result, rewards)
+                    terminated = (
+                        bool(obs.terminated)
+                        or self._operator_label(result, rewards)
+                        or self._classifier_label(result, rewards, obs)
+                    )
                     if terminated or obs.truncated:
                         break
                     if obs.t >= last_due:
@@ -403,6 +420,21 @@ class Actor:
             result.success = True
             rewards[-1] = max(float(rewards[-1]), self.success_reward)
         log.info("%s: the operator labels the episode a %s", self.id, label)
+        return True
+
+    def _classifier_label(self, result: EpisodeResult, rewards: list[float], obs) -> bool:
+        """The reward classifier (reward_classifier.path) fires: P(success) above the threshold on `consecutive`
+        frames in a row ends the episode as a success, rewarded on that step, as the operator's key would."""
+        if self.classifier is None:
+            return False
+        frames = {k: resize_frames(v, self.classifier.cameras[k]) for k, v in obs.images.items()}
+        p = self.classifier.prob(frames)
+        self.classifier_hits = self.classifier_hits + 1 if p > self.classifier_cfg.threshold else 0
+        if self.classifier_hits < int(self.classifier_cfg.consecutive):
+            return False
+        result.label, result.success = "success", True
+        rewards[-1] = max(float(rewards[-1]), self.success_reward)
+        log.info("%s: the reward classifier labels the episode a success (p=%.2f)", self.id, p)
         return True
 
     def _record(

@@ -47,7 +47,9 @@ def test_image_finetune_session_end_to_end(processes, tmp_path):
         for key in ("obs_image.front", "next_obs_image.front"):
             assert buf[key].shape == (len(buf["obs"]), 24, 24, 3) and buf[key].dtype == np.uint8
             assert buf[key].std() > 0  # rendered scenes, not blank frames
-    assert {"encoder_base", "encoder_critic"} <= set(ckpt["agent"]["modules"])  # both image encoders are saved
+    assert {"encoder_base", "encoder_critic"} <= set(
+        ckpt["agent"]["modules"]
+    )  # both image encoders are saved
     actor = json.loads((run / "actor-0.json").read_text())
     assert actor["env_steps"] == ckpt["counters"]["env_steps"] >= 16
     recorded = load_episodes(run / "episodes" / "actor-0")
