@@ -8,7 +8,9 @@ Crash safety. lerobot keeps its data and episode-metadata parquet files open acr
 only in `finalize()`; a process killed before that leaves files no reader can open. With `durable=True` (the
 default) the writer finalizes after every episode and resumes the dataset (`LeRobotDataset.resume`), so each
 episode lives in its own closed files and a kill loses at most the episode in progress (or the one being saved at
-that instant, ~0.1 s window). `repair_dataset` removes what such a kill can leave (a footer-less file, an info.json
+that instant, ~0.1 s window). A resume reads the whole episode index, so it costs more as a dataset grows: while
+episodes wait in the queue (a fast robot, hundreds of episodes) the writer saves them back to back and finalizes
+once it has caught up, or at least every `durable_every_s`, instead of falling further behind. `repair_dataset` removes what such a kill can leave (a footer-less file, an info.json
 ahead of the episode index) and runs before any append; `check_dataset` reports it.
 
 Frame layout (the convention of lerobot's RL recordings): frame t holds the observation s_t, the action a_t actually
@@ -140,6 +142,7 @@ class EpisodeWriter:
         task: str,
         robot_type: str | None = None,
         durable: bool = True,
+        durable_every_s: float = 30.0,
         max_pending: int = 64,
     ):
         import datasets
@@ -150,6 +153,8 @@ class EpisodeWriter:
         self.fps = int(fps)
         self.task = task
         self.durable = durable
+        self.durable_every_s = float(durable_every_s)
+        self._last_durable = time.monotonic()
         self._repo_id = f"local/{self.root.name}"
         if self.root.is_dir() and not (self.root / "meta" / "info.json").exists():
             if any(self.root.iterdir()):
@@ -327,10 +332,12 @@ class EpisodeWriter:
         for frame in episode.frames:
             self._ds.add_frame({**frame, "task": episode.task})
         self._ds.save_episode()
-        if self.durable:  # close the files of this episode, reopen for the next one
-            self._ds.finalize()
-            self._ds = LeRobotDataset.resume(self._repo_id, root=self.root, video_backend=_VIDEO_BACKEND)
         self.saved_episodes += 1
+        caught_up = self._queue.qsize() == 0  # (the finalize below would only delay the waiting episodes)
+        if self.durable and (caught_up or time.monotonic() - self._last_durable >= self.durable_every_s):
+            self._ds.finalize()  # close the files of the saved episodes, reopen for the next ones
+            self._ds = LeRobotDataset.resume(self._repo_id, root=self.root, video_backend=_VIDEO_BACKEND)
+            self._last_durable = time.monotonic()
 
 
 def _require_same_features(found: dict, wanted: dict, fps: int, found_fps: int, root: Path) -> None:

@@ -30,7 +30,7 @@ from expo_robot.agent import AgentSpec, make_agent
 from expo_robot.agent.encoder import resize_frames
 from expo_robot.config import ConfigError, make_run_dir
 from expo_robot.data.chunking import chunk_transitions
-from expo_robot.data.dataset_io import EpisodeWriter, camera_features, dataset_features
+from expo_robot.data.dataset_io import DatasetError, EpisodeWriter, camera_features, dataset_features
 from expo_robot.observe import metrics as M
 from expo_robot.observe.metrics import MetricsLogger
 from expo_robot.observe.stats import latency_summary
@@ -207,6 +207,7 @@ class Actor:
         self.episode_seed = int(cfg.seed) * 100_000
         self.robot_episode = -1  # the driver's episode counter, as last seen
         self.writers: dict[str, EpisodeWriter] = {}  # dataset name -> writer, opened at its first episode
+        self.recording_failed: set[str] = set()
         self.labels = OperatorLabels()
         self.classifier_cfg = cfg.get("reward_classifier") or {}
         self.classifier = None
@@ -445,14 +446,20 @@ class Actor:
         writer = self._writer(mode)
         if writer is None or not actions:
             return
-        for t, action in enumerate(actions):
-            end = t == len(actions) - 1
-            writer.add_frame(
-                states[t], action, rewards[t], intervention=bool(flags[t]), success=end and result.success,
-                safety_stop=end and bool(result.stop_reason), capture_time=float(stamps[t]),
-                images={name: f[t] for name, f in frames.items()} or None,
-            )  # fmt: skip
-        writer.end_episode(truncated=not terminated)
+        try:
+            for t, action in enumerate(actions):
+                end = t == len(actions) - 1
+                writer.add_frame(
+                    states[t], action, rewards[t], intervention=bool(flags[t]), success=end and result.success,
+                    safety_stop=end and bool(result.stop_reason), capture_time=float(stamps[t]),
+                    images={name: f[t] for name, f in frames.items()} or None,
+                )  # fmt: skip
+            writer.end_episode(truncated=not terminated)
+        except DatasetError as e:  # a full disk or a stuck writer must not stop the robot's session
+            writer.discard_episode()
+            self.recording_failed.add(writer.root.name)
+            log.error("%s: recording to %s stopped: %s (the learner still gets every transition)", self.id,
+                      writer.root, e)  # fmt: skip
 
     def _writer(self, mode: str) -> EpisodeWriter | None:
         """<run>/episodes/<actor id>: the episodes this actor learns from (or, evaluating only, its evaluation
@@ -460,6 +467,8 @@ class Actor:
         if not self.session.get("record_episodes", True):
             return None
         name = self.id if mode == "explore" or self.link is None else f"{self.id}-eval"
+        if name in self.recording_failed:
+            return None
         if name not in self.writers:
             spec = self.robot.spec
             features = dataset_features(
@@ -564,7 +573,10 @@ class Actor:
 
     def close(self) -> None:
         for writer in self.writers.values():
-            writer.close()
+            try:
+                writer.close()
+            except DatasetError as e:  # already reported; the robot and the learner link still close
+                log.error("%s: %s", self.id, e)
         self.robot.close()
         if self.link is not None:
             self.link.close()

@@ -170,3 +170,29 @@ def test_foreign_lerobot_dataset_maps_feature_names(tmp_path):
     assert first.terminated and second.terminated
     assert first.intervention.tolist() == [False, True, False, False, False]
     assert check(tmp_path / "f").ok
+
+
+@pytest.mark.timeout(300)
+def test_a_backlog_is_saved_back_to_back_then_finalized_once_caught_up(tmp_path, monkeypatch):
+    """A fast robot queues episodes faster than finalize+resume (which reads the whole episode index) can keep up
+    with: queued episodes are saved without a resume between them, and the dataset is finalized once caught up."""
+    from lerobot.datasets import lerobot_dataset
+
+    resumes = []
+    real_resume = lerobot_dataset.LeRobotDataset.resume.__func__
+    monkeypatch.setattr(
+        lerobot_dataset.LeRobotDataset, "resume",
+        classmethod(lambda cls, *a, **kw: resumes.append(1) or real_resume(cls, *a, **kw)),
+    )  # fmt: skip
+    w = EpisodeWriter(tmp_path / "ds", fps=50, features=dataset_features(3, 2), task="t", durable=True)
+    gate, real_save = threading.Event(), w._save
+    w._save = lambda episode: (gate.wait(60), real_save(episode))
+    for _ in range(6):
+        for _ in range(5):
+            w.add_frame(np.zeros(3), np.zeros(2), 0.0)
+        w.end_episode()
+    gate.set()  # 6 episodes waiting: one resume at the end instead of six
+    assert w.wait(timeout=120)
+    assert len(resumes) == 1
+    assert len(load_episodes(tmp_path / "ds")) == 6  # readable before close: finalized once caught up
+    w.close()
