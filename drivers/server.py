@@ -121,8 +121,8 @@ class Driver:
         slow = [n for n, cam in self.rig.cameras.items() if cam.synchronous]
         if slow and self.mode == "realtime":
             raise CameraError(
-                f"camera(s) {slow} render synchronously (~0.5 s a frame in software here): use them with "
-                "robot.mode=lockstep, or cameras=none for a real-time session"
+                f"camera(s) {slow} render synchronously (~0.5 s a frame in software here): use them in lock-step "
+                "(robot.mode=lockstep; teleop.mode=lockstep for teleop/record), or cameras=none in real time"
             )
         self.rig.connect()  # after the robot: a simulator camera renders its scene
         self.max_chunk_len = int(self.cfg.robot.get("max_chunk_len", 256))

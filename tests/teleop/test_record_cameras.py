@@ -22,6 +22,7 @@ def test_record_with_sim_camera_stores_an_image_per_frame(tmp_path: Path, monkey
         "teleop=scripted", "live=off", f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}",
         f"run_dir={tmp_path / 'run'}", "teleop.episodes=2", "task.max_episode_steps=6",
         "cameras=sim", f"cameras.list.0.height={H}", f"cameras.list.0.width={W}",
+            "teleop.mode=lockstep",  # a rendered camera (~0.5 s a frame here) is refused in real time
     ])  # fmt: skip
     summary = record(cfg, tmp_path / "run")
     assert summary["episodes"] == 2
