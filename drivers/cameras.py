@@ -178,19 +178,12 @@ def make_cameras(cameras_cfg: Any, robot: Any = None, **kwargs: Any) -> dict[str
 
 
 class CameraRig:
-    """Every configured camera, read together without waiting: what a driver publishes next to the state.
-
-    `snapshot()` gives arrays named by `features` ("<name>.color" (H, W, 3) uint8 RGB, "<name>.depth" (H, W)
-    uint16) and per-camera metadata (device timestamp and clock domain, frame number, age at read time), or raises
-    the first camera's CameraError (a stalled or lost camera must not pass silently as an old image).
-    """
+    """Every configured camera, connected and disconnected together. The driver reads each one per observation
+    (drivers/server.py `_grab`): a stale frame is counted and published with its age, a lost camera latches the
+    e-stop."""
 
     def __init__(self, cameras: dict[str, Camera]):
         self.cameras = cameras
-
-    @property
-    def features(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        return {k: v for cam in self.cameras.values() for k, v in cam.features.items()}
 
     def connect(self) -> None:
         try:
@@ -203,20 +196,6 @@ class CameraRig:
     def disconnect(self) -> None:
         for cam in self.cameras.values():
             cam.disconnect()
-
-    def snapshot(self, max_age_s: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-        arrays: dict[str, np.ndarray] = {}
-        meta: dict[str, dict] = {}
-        for name, cam in self.cameras.items():
-            f = cam.read_latest(max_age_s)
-            arrays[f"{name}.color"] = f.color
-            if f.depth is not None:
-                arrays[f"{name}.depth"] = f.depth
-            meta[name] = {
-                "serial": f.serial, "t_ms": f.timestamp_ms, "domain": f.timestamp_domain, "frame": f.frame_number,
-                "age_ms": 1e3 * (time.monotonic() - f.received_s), "depth_scale": f.depth_scale,
-            }  # fmt: skip
-        return arrays, meta
 
     def __enter__(self) -> CameraRig:
         self.connect()

@@ -127,14 +127,15 @@ def test_several_cameras_by_serial_read_together():
     rig = CameraRig(make_cameras(cfg, device_source=lambda: [a.device, b.device]))
     try:
         with rig:
-            arrays, meta = rig.snapshot()
-            assert set(arrays) == set(rig.features) == {"left.color", "left.depth", "right.color"}
-            assert meta["left"]["serial"] == "222" and meta["right"]["serial"] == "111"
-            assert all(m["domain"] == "hardware_clock" and m["age_ms"] < 1000 for m in meta.values())
+            frames = {name: cam.read_latest() for name, cam in rig.cameras.items()}
+            assert frames["left"].depth is not None and frames["right"].depth is None
+            assert frames["left"].serial == "222" and frames["right"].serial == "111"
+            assert all(f.timestamp_domain == "hardware_clock" for f in frames.values())
+            assert all(time.monotonic() - f.received_s < 1.0 for f in frames.values())
             b.pause()
             time.sleep(0.2)
             with pytest.raises(StaleFrameError, match="camera left"):
-                rig.snapshot(max_age_s=0.1)
+                rig.cameras["left"].read_latest(max_age_s=0.1)
     finally:
         a.stop(), b.stop()
 
