@@ -40,17 +40,14 @@ WEIGHTS_REPEAT_S = (
 ONLINE_CAPACITY = 1_000_000
 
 
-def camera_shapes(cfg: DictConfig) -> dict[str, tuple[int, int, int]]:
-    """name -> (height, width, 3) of the configured cameras: the frames the actors' drivers send."""
-    return configured_shapes(cfg.get("cameras"))
-
-
 def agent_cameras(cfg: DictConfig, cameras: dict | None = None) -> dict[str, tuple[int, int, int]]:
     """The frame sizes the agent sees: the cameras' (`cameras`, default the configured ones) after the agent's
     resize (`agent.encoder.image_size`)."""
     params = agent_params(cfg.agent, cfg.get("profile"))
     image_size = (params.get("encoder") or {}).get("image_size")
-    return agent_image_shapes(camera_shapes(cfg) if cameras is None else cameras, image_size)
+    return agent_image_shapes(
+        configured_shapes(cfg.get("cameras")) if cameras is None else cameras, image_size
+    )
 
 
 def agent_spec(cfg: DictConfig, state_dim: int) -> AgentSpec:
@@ -88,7 +85,11 @@ class Learner:
     def _setup_data_and_agent(self) -> None:
         cfg = self.cfg
         offline, self.offline_summary = load_offline_transitions(
-            offline_dataset_paths(cfg), cfg.agent.chunk, self.gamma, camera_shapes(cfg), agent_cameras(cfg)
+            offline_dataset_paths(cfg),
+            cfg.agent.chunk,
+            self.gamma,
+            configured_shapes(cfg.get("cameras")),
+            agent_cameras(cfg),
         )
         spec = agent_spec(cfg, offline["obs"].shape[1])
         self.agent = make_agent(cfg.agent, spec, device=cfg.device, seed=cfg.seed)

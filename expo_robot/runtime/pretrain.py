@@ -20,13 +20,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from drivers.cameras import configured_shapes
 from expo_robot.agent import make_agent
 from expo_robot.config import ConfigError, make_run_dir
 from expo_robot.data.replay import ReplayBuffer
 from expo_robot.observe.live import ProgressBar
 from expo_robot.observe.metrics import MetricsLogger
 from expo_robot.runtime.checkpoint import save_checkpoint
-from expo_robot.runtime.learner import agent_cameras, agent_spec, camera_shapes
+from expo_robot.runtime.learner import agent_cameras, agent_spec
 from expo_robot.runtime.offline import load_offline_transitions, offline_dataset_paths
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def pretrain(cfg: DictConfig, run_dir: Path, paths: list[Path], steps: int) -> d
     """Pretrain the base on `paths` for `steps` steps; write the checkpoint, metrics and loss plot into run_dir."""
     gamma = float(cfg.agent.gamma)
     offline, data_summary = load_offline_transitions(
-        paths, int(cfg.agent.chunk), gamma, camera_shapes(cfg), agent_cameras(cfg)
+        paths, int(cfg.agent.chunk), gamma, configured_shapes(cfg.get("cameras")), agent_cameras(cfg)
     )
     spec = agent_spec(cfg, offline["obs"].shape[1])
     agent = make_agent(cfg.agent, spec, device=cfg.device, seed=int(cfg.seed))
