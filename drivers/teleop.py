@@ -178,7 +178,9 @@ class TerminalKeys:
                     "teleop.source=pynput"
                 ) from e
         if not self.stream.isatty():
-            raise TeleopError("teleop.source=terminal needs an interactive terminal (stdin is not a tty)")
+            raise TeleopError(
+                "teleop.source=terminal needs an interactive terminal (its key stream is not a tty)"
+            )
         fd = self.stream.fileno()
         self._saved = termios.tcgetattr(fd)
         tty.setcbreak(fd)  # characters arrive one by one, without Enter; Ctrl-C still works

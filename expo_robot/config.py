@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def expand_override(override: str, section: str) -> str:
     return override
 
 
+@functools.cache  # read once per process, not once per override
 def _section_keys(section: str) -> set[str]:
     return set(OmegaConf.load(CONFIG_DIR / "config.yaml").get(section) or {})
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import io
 import itertools
+import os
 import json
 import logging
 import queue
@@ -310,6 +311,10 @@ class EpisodeWriter:
 
     # ── background thread ──────────────────────────────────────────────────────
     def _run(self) -> None:
+        try:  # saving is never urgent: on a busy machine this thread yields the CPU to the control loop
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # (Linux: per-thread niceness)
+        except (OSError, AttributeError):  # not Linux, or not permitted: saving still happens off the loop
+            log.debug("could not lower the save thread's priority")
         while True:
             item = self._queue.get()
             try:

@@ -102,13 +102,16 @@ class LearnerLink:
         self.status: dict = {}
         self.seen = 0.0
         self.weights: dict | None = None
-        self.weights_version = -1
         self.weights_key: tuple[str, int] | None = (
             None  # (learner id, version) of the newest weights received
         )
         self.kept: dict[int, tuple[dict, dict]] = {}  # seq -> (arrays, meta), until acked
         self.next_seq, self.send_from = 1, 1
         self._last_received, self._progress_t = 0, time.monotonic()
+
+    @property
+    def weights_version(self) -> int:
+        return self.weights_key[1] if self.weights_key is not None else -1
 
     @property
     def alive(self) -> bool:
@@ -128,7 +131,7 @@ class LearnerLink:
                 except ValueError as e:
                     log.error("dropped a weights message: %s", e)
                     continue
-                self.weights_key, self.weights_version = key, msg.meta["version"]
+                self.weights_key = key
             else:
                 self._on_status(msg.meta)
         self._send_pending()

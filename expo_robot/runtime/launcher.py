@@ -36,12 +36,21 @@ STOP_TIMEOUT_S = 60.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+def die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies, however it dies (a SIGKILLed launcher or recorder must not
+    leave a driver or learner running)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        log.debug("prctl unavailable: this process will not follow its parent's death")
+
+
 def _detach_and_follow() -> None:
     """In the child before exec: its own session (Ctrl-C reaches only the launcher, which stops the processes in a
-    safe order), and SIGTERM when the launcher dies, however it dies, so no driver or learner is left orphaned."""
+    safe order), and it dies with the launcher."""
     os.setsid()
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent()
 
 
 def operator_terminal(cfg: DictConfig, stdin: Any) -> list[str]:

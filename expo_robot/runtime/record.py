@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 
@@ -78,18 +77,6 @@ class RecordingSink:
         return 0 < self.limit <= self.saved
 
 
-def _lower_priority(writer: EpisodeWriter, niceness: int = 10) -> None:
-    """Saving is never urgent: on a busy machine the save thread yields the CPU to the driver process (Linux
-    threads have their own niceness)."""
-    thread = getattr(writer, "_thread", None)
-    if thread is None or thread.native_id is None:
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, thread.native_id, niceness)
-    except (OSError, AttributeError):  # not Linux, or not permitted: saving still happens off the loop
-        log.debug("could not lower the save thread's priority")
-
-
 def record(cfg: DictConfig, run_dir: Path, stop: threading.Event | None = None) -> dict:
     """Record cfg.teleop.episodes episodes into cfg.teleop.root (or <run_dir>/dataset); return a summary."""
     cfg = operator_cfg(cfg)
@@ -105,7 +92,6 @@ def record(cfg: DictConfig, run_dir: Path, stop: threading.Event | None = None) 
             spec.state_dim, spec.action_dim, extra=camera_features(spec.cameras), capture_time=True
         )
         writer = EpisodeWriter(root, fps=round(spec.fps), features=features, task=task, robot_type=spec.robot)
-        _lower_priority(writer)
         sink = RecordingSink(writer, int(cfg.teleop.episodes), cfg.task.get("reward") == "operator_key")
         log.info("recording into %s at %.0f Hz (%s): '%s'", root, spec.fps, spec.mode, task)
         try:

@@ -14,7 +14,6 @@ writes a dataset; teleop only counts).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 import signal
@@ -29,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from expo_robot.config import ConfigError, make_run_dir
 from expo_robot.observe.live import LiveStatus
+from expo_robot.runtime.launcher import die_with_parent
 from expo_robot.transport.protocol import EStopLatchedError
 from expo_robot.transport.robot_client import Observation, RobotClient
 
@@ -96,18 +96,10 @@ def operator_cfg(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this process when its parent dies (a SIGKILLed recorder must not leave a driver running)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except OSError:
-        log.debug("prctl unavailable: the driver will not follow its parent's death")
-
-
 def driver_process(cfg: dict) -> None:
     """Child process entry: `expo-robot driver` (with the operator's device) until SIGTERM/SIGINT; it logs to
     driver.log in the same run folder."""
-    _die_with_parent()
+    die_with_parent()  # (no setsid here, unlike finetune's children: the keyboard reads this terminal)
     from drivers.server import main as driver_main  # imported here: the parent never builds a simulator
 
     sys.exit(driver_main(OmegaConf.create(cfg), []))
@@ -156,7 +148,6 @@ class OperatorLoop:
                     raise TimeoutError(
                         f"the driver did not start within {timeout:.0f} s; see driver.log"
                     ) from None
-                self.client = RobotClient(self.cfg.runtime)
         self._keys(self.client.latest)  # keys counted before we started are not ours
         return self
 
