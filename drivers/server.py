@@ -508,8 +508,10 @@ def main(cfg: Any, words: list[str]) -> int:
     """`expo-robot driver [overrides]`: run until SIGINT/SIGTERM, then safe state and a clean exit.
     SIGUSR1 latches the e-stop (e.g. `kill -USR1 PID` from an operator's button script)."""
     from expo_robot.config import make_run_dir
+    from expo_robot.runtime import scheduling
 
     run_dir = make_run_dir(cfg, "driver")
+    scheduling.apply(cfg.runtime, "driver")
     stop = threading.Event()
     try:
         driver = Driver(cfg)

@@ -28,16 +28,23 @@ def make_denoiser(obs_dim: int, act_dim: int, cfg: dict) -> ResidualDenoiser:
 
 
 class _Euler(nn.Module):
-    """The Euler loop of a flow, as a module so that torch.jit.trace can record it (parameters stay shared)."""
+    """The Euler loop of a flow, as a module so that torch.jit.trace can record it (parameters stay shared).
 
-    def __init__(self, net: nn.Module, steps: int):
+    x <- x + dt * net(obs, x, i * dt), with what does not change along the loop computed once: the first layer's
+    observation and time terms (`ResidualDenoiser.fixed_inputs`), so each step runs only the action's term and the
+    trunk (a third fewer operations on a CPU, where their count, not their size, sets the time).
+    """
+
+    def __init__(self, net: ResidualDenoiser, steps: int):
         super().__init__()
         self.net, self.steps = net, steps
 
     def forward(self, obs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         dt = 1.0 / self.steps
+        times = torch.tensor([i * dt for i in range(self.steps)], device=obs.device)
+        fixed, action_weight = self.net.fixed_inputs(obs, times)
         for i in range(self.steps):
-            x = x + dt * self.net(obs, x, torch.full((1, 1), i * dt, device=obs.device))
+            x = torch.add(x, self.net.trunk(torch.addmm(fixed[i], x, action_weight)), alpha=dt)
         return x
 
 
@@ -88,6 +95,9 @@ class FlowBase(nn.Module):
                 warnings.catch_warnings()
             ):  # deprecated for torch.compile, which needs a C++ compiler on a CPU
                 warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter(
+                    "ignore", torch.jit.TracerWarning
+                )  # the step times are constants: right
                 graph = torch.jit.trace(_Euler(self.net, steps), (obs, x), check_trace=False)
             self._graphs[key] = graph
         return graph(obs, x)

@@ -115,7 +115,7 @@ class ExpoAgent(BCAgent):
             )[:, 0]
             next_action = proposal
             if self.use_edit:
-                next_action, _ = self.edit(obs, proposal, generator=self.gen)
+                next_action, _ = self.edit(obs, proposal, generator=self.gen, log_prob=False)
             next_q = self.critic_target.min_over(obs, next_action, self.subset())
         return t["reward"] + t["discount"] * next_q, next_action
 

@@ -91,7 +91,7 @@ class _ResidualBlock(nn.Module):
     def __init__(self, hidden: int, dropout: float, expand: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Dropout(dropout),
+            nn.Dropout(dropout) if dropout > 0 else nn.Identity(),  # (Identity: no op at all in a traced graph)
             nn.LayerNorm(hidden),
             nn.Linear(hidden, hidden * expand),
             nn.SiLU(),
@@ -116,6 +116,7 @@ class ResidualDenoiser(nn.Module):
         expand: int = 4,
     ):
         super().__init__()
+        self.obs_dim, self.act_dim = obs_dim, act_dim
         self.time = FourierTime(time_dim)
         self.time_mlp = nn.Sequential(
             nn.Linear(time_dim, time_dim * 2), nn.SiLU(), nn.Linear(time_dim * 2, time_dim)
@@ -126,7 +127,21 @@ class ResidualDenoiser(nn.Module):
 
     def forward(self, obs: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         temb = self.time_mlp(self.time(t)).expand(x.shape[0], -1)
-        return self.out(self.blocks(self.inp(torch.cat([obs, x, temb], dim=-1))))
+        return self.trunk(self.inp(torch.cat([obs, x, temb], dim=-1)))
+
+    # The first layer is linear in cat([obs, x, temb]): a sampler that calls the net many times with one obs at a few
+    # known times computes the obs and time terms once (`fixed_inputs`) and adds only the action's term per call.
+    def fixed_inputs(self, obs: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs [B, O], times [T] -> the first layer's obs + time terms (with its bias) [T, B, hidden], and the
+        action's weight [A, hidden]: `trunk(torch.addmm(fixed[i], x, weight))` is `forward(obs, x, times[i])`."""
+        w, o, a = self.inp.weight, self.obs_dim, self.act_dim
+        obs_term = nn.functional.linear(obs, w[:, :o], self.inp.bias)
+        time_terms = self.time_mlp(self.time(times)) @ w[:, o + a :].T
+        return obs_term.unsqueeze(0) + time_terms.unsqueeze(1), w[:, o : o + a].T
+
+    def trunk(self, h: torch.Tensor) -> torch.Tensor:
+        """Everything after the first layer."""
+        return self.out(self.blocks(h))
 
 
 def grad_norm(params) -> float:

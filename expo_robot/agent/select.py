@@ -50,7 +50,9 @@ def select(
     if edit is not None:
         obs_rep = obs.repeat_interleave(n, 0)
         noise = None if edit_noise is None else edit_noise.reshape(b * n, d)
-        edited, _ = edit(obs_rep, proposals.reshape(b * n, d), deterministic_edit, noise, generator)
+        edited, _ = edit(
+            obs_rep, proposals.reshape(b * n, d), deterministic_edit, noise, generator, log_prob=False
+        )
         candidates = torch.cat([proposals, edited.reshape(b, n, d)], dim=1)
     c = candidates.shape[1]
     q = critic.min_over(obs.repeat_interleave(c, 0), candidates.reshape(b * c, d), subset).reshape(b, c)

@@ -26,6 +26,7 @@ from expo_robot.agent import AgentSpec, make_agent
 from expo_robot.data.replay import ReplayBuffer
 from expo_robot.observe.metrics import LOOP_PERIOD_MS, read_metrics
 from expo_robot.observe.stats import latency_summary, period_summary
+from expo_robot.runtime import scheduling
 from expo_robot.transport.protocol import image_field, obs_schema
 from expo_robot.transport.wire import decode, encode
 
@@ -83,8 +84,9 @@ def time_policy_steps(agent, spec: AgentSpec, steps: int) -> list[float]:
     return out
 
 
-def _learner_load(agent_cfg: dict, robot_cfg: dict, ready, stop) -> None:
-    """A learner's work in another process: EXPO updates back to back until told to stop."""
+def _learner_load(agent_cfg: dict, robot_cfg: dict, runtime_cfg: dict, ready, stop) -> None:
+    """A learner's work in another process, scheduled as a session's learner: EXPO updates back to back."""
+    scheduling.apply(runtime_cfg, "learner")
     torch.set_num_threads(1)
     cfg = OmegaConf.create({"agent": agent_cfg, "robot": robot_cfg})
     agent, spec = _agent(cfg, "cpu")
@@ -99,7 +101,8 @@ def loaded_latency(cfg: DictConfig, agent, spec: AgentSpec, steps: int) -> list[
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
     agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
-    proc = ctx.Process(target=_learner_load, args=(agent_cfg, OmegaConf.to_container(cfg.robot), ready, stop))
+    args = (agent_cfg, OmegaConf.to_container(cfg.robot), OmegaConf.to_container(cfg.runtime), ready, stop)
+    proc = ctx.Process(target=_learner_load, args=args)
     proc.start()
     try:
         if not ready.wait(300):
@@ -149,9 +152,12 @@ def run(cfg: DictConfig, words: list[str]) -> dict:
     if profile not in PROFILES:
         raise ValueError(f"bench policy: unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
     p = PROFILES[profile]
-    torch.set_num_threads(1)  # as in the actor: one thread, the other core is the learner's
+    scheduling_applied = scheduling.apply(cfg.runtime, "actor")  # as a session's actor: priority, threads
+    torch.set_num_threads(1)
     agent, spec = _agent(cfg, "cpu")
-    figures: dict = {"agent": cfg.agent.name, "profile": cfg.profile, "chunk": spec.chunk}
+    figures: dict = {"agent": cfg.agent.name, "profile": cfg.profile, "chunk": spec.chunk,
+                     "scheduling": {"actor": scheduling_applied,
+                                    "learner": OmegaConf.to_container(cfg.runtime.scheduling.learner)}}  # fmt: skip
     figures["cpu_idle"] = latency_summary(time_policy_steps(agent, spec, p["steps"]))
     print("policy step, CPU idle:", json.dumps(figures["cpu_idle"]))
     figures["cpu_loaded"] = latency_summary(loaded_latency(cfg, agent, spec, p["steps"]))

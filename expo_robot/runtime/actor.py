@@ -34,6 +34,7 @@ from expo_robot.data.dataset_io import DatasetError, EpisodeWriter, camera_featu
 from expo_robot.observe import metrics as M
 from expo_robot.observe.metrics import MetricsLogger
 from expo_robot.observe.stats import latency_summary
+from expo_robot.runtime import scheduling
 from expo_robot.runtime.learner import agent_cameras
 from expo_robot.runtime.messages import LEARNER_OUTBOX, unpack_state
 from expo_robot.transport.robot_client import RobotClient
@@ -589,6 +590,7 @@ class Actor:
 def main(cfg: DictConfig, words: list[str]) -> int:
     """`expo-robot actor`: run episodes until the env-step budget is spent (or SIGINT/SIGTERM)."""
     run_dir = make_run_dir(cfg, "actor")
+    scheduling.apply(cfg.runtime, "actor")
     torch.set_num_threads(1)  # the policy step is small; a second thread only adds jitter on 2 cores
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

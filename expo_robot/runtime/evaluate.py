@@ -32,6 +32,7 @@ from expo_robot.observe import metrics as M
 from expo_robot.observe.live import LiveStatus
 from expo_robot.observe.report import EVAL_PLOT, write_eval_report
 from expo_robot.observe.stats import latency_summary
+from expo_robot.runtime import scheduling
 from expo_robot.runtime.actor import EVAL_SEED_OFFSET, Actor, EpisodeResult
 from expo_robot.runtime.checkpoint import CheckpointError, load_checkpoint
 from expo_robot.runtime.launcher import Launcher
@@ -414,6 +415,7 @@ def main(cfg: DictConfig, words: list[str], overrides: list[str] | None = None) 
         overrides = [expand_override(a, "eval") for a in sys.argv[2:] if "=" in a]
     overrides = [o for o in overrides if not o.startswith("run_dir=")]
     run_dir = make_run_dir(cfg, "eval").resolve()
+    scheduling.apply(cfg.runtime, "actor")
     torch.set_num_threads(1)  # the policy step is small; a second thread only adds jitter
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -27,6 +27,7 @@ from expo_robot.agent.encoder import agent_image_shapes
 from expo_robot.config import make_run_dir
 from expo_robot.data.replay import ReplayBuffer
 from expo_robot.observe.metrics import BUFFER_SIZE, LEARNER_UPDATES, MetricsLogger
+from expo_robot.runtime import scheduling
 from expo_robot.runtime.checkpoint import load_checkpoint, save_checkpoint
 from expo_robot.runtime.messages import pack_state, transitions_schema
 from expo_robot.runtime.offline import load_offline_transitions, offline_dataset_paths
@@ -283,6 +284,7 @@ class Learner:
 def main(cfg: DictConfig, words: list[str]) -> int:
     """`expo-robot learner`: run the learner until SIGINT/SIGTERM, then checkpoint."""
     run_dir = make_run_dir(cfg, "learner")
+    scheduling.apply(cfg.runtime, "learner")
     torch.set_num_threads(max(1, int(cfg.get("learner_threads", 1))))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,72 @@
+"""Process scheduling: the robot's loop first, the policy next, the learner takes what is left.
+
+On a small machine (2 cores here) the learner would use every cycle it is given; it must never delay a driver tick
+or a policy step. Each process sets its own priority when it starts, from `runtime.scheduling.<role>`:
+
+- `nice`: Unix niceness (-20 highest .. 19 lowest). Linux with autogroups (the default on desktop kernels and here)
+  first shares CPU time between sessions, then between the threads of a session by niceness. The launcher starts each
+  process in a session of its own, so a session leader also writes the value to its autogroup: niceness alone would
+  not rank it against the other processes. Processes started from one shell share its session; there niceness alone
+  ranks them.
+- `cpus`: CPU ids to pin the process to, or null for any.
+
+Raising a priority (a negative nice) needs root or CAP_SYS_NICE; without it the process says so once and runs at its
+current priority. Lowering one always works.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+AUTOGROUP = Path("/proc/self/autogroup")
+
+
+def apply(runtime_cfg: Mapping[str, Any] | None, role: str) -> dict[str, Any]:
+    """Set this process's niceness and CPU set for `role` (driver, actor, learner). Call before starting threads:
+    threads inherit the niceness of the thread that starts them. Returns what now holds, for the logs and metrics."""
+    want = ((runtime_cfg or {}).get("scheduling") or {}).get(role) or {}
+    applied: dict[str, Any] = {}
+    if want.get("nice") is not None:
+        applied["nice"] = _set_nice(role, int(want["nice"]))
+    if want.get("cpus") is not None:
+        applied["cpus"] = _set_cpus(role, [int(c) for c in want["cpus"]])
+    if applied:
+        log.info("%s: scheduling %s", role, applied)
+    return applied
+
+
+def _set_nice(role: str, nice: int) -> int:
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        if (
+            os.getsid(0) == os.getpid() and AUTOGROUP.exists()
+        ):  # the session (and its group) is this process's
+            AUTOGROUP.write_text(f"{nice}\n")
+    except PermissionError:
+        log.warning(
+            "%s: cannot set niceness %d (raising a priority needs root or CAP_SYS_NICE); running at %d: "
+            "timing figures may suffer while the learner trains",
+            role,
+            nice,
+            os.getpriority(os.PRIO_PROCESS, 0),
+        )
+    except OSError as e:  # no autogroup support, a read-only /proc: the process niceness still holds
+        log.debug("%s: autogroup niceness not set: %s", role, e)
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _set_cpus(role: str, cpus: list[int]) -> list[int]:
+    available = os.sched_getaffinity(0)
+    chosen = set(cpus) & available
+    if not chosen:
+        raise ValueError(
+            f"runtime.scheduling.{role}.cpus={cpus} names no CPU this machine has ({sorted(available)}); "
+            "set CPU ids from that list or null"
+        )
+    os.sched_setaffinity(0, chosen)
+    return sorted(chosen)

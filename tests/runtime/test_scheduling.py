@@ -1,0 +1,70 @@
+"""Each process sets its own scheduling from runtime.scheduling: niceness (and its autogroup's when it leads its
+session, as the launcher's processes do) and CPU pinning; a missing privilege is a warning, a wrong CPU an error."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from expo_robot.runtime import scheduling
+
+CHILD = """
+import json, os, sys
+from expo_robot.runtime import scheduling
+applied = scheduling.apply(json.loads(sys.argv[1]), sys.argv[2])
+group = open("/proc/self/autogroup").read().split()[-1] if os.path.exists("/proc/self/autogroup") else None
+print(json.dumps({"applied": applied, "nice": os.getpriority(os.PRIO_PROCESS, 0), "group": group,
+                  "cpus": sorted(os.sched_getaffinity(0))}))
+"""
+
+
+def _child(runtime: dict, role: str, new_session: bool) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(runtime), role],
+        capture_output=True, text=True, timeout=60, start_new_session=new_session, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def test_a_launched_process_lowers_its_niceness_and_its_own_sessions_group():
+    got = _child({"scheduling": {"learner": {"nice": 7}}}, "learner", new_session=True)
+    assert got["applied"] == {"nice": 7} and got["nice"] == 7
+    if got["group"] is not None:  # the kernel shares time between sessions first: the group must rank too
+        assert got["group"] == "7"
+
+
+def test_a_process_in_a_shared_session_leaves_the_sessions_group_alone():
+    mine = (
+        Path("/proc/self/autogroup").read_text().split()[-1]
+        if Path("/proc/self/autogroup").exists()
+        else None
+    )
+    got = _child({"scheduling": {"learner": {"nice": 7}}}, "learner", new_session=False)
+    assert got["nice"] == 7 and got["group"] == mine  # the shell's (here pytest's) group is not changed
+
+
+def test_pinning_and_roles_without_settings():
+    cpu = min(os.sched_getaffinity(0))
+    got = _child({"scheduling": {"actor": {"nice": None, "cpus": [cpu]}}}, "actor", new_session=True)
+    assert got["applied"] == {"cpus": [cpu]} and got["cpus"] == [cpu]
+    assert _child({}, "driver", new_session=True)["applied"] == {}
+
+
+def test_a_cpu_the_machine_lacks_is_an_error_that_names_the_choices():
+    with pytest.raises(ValueError, match=r"runtime.scheduling.actor.cpus=\[4096\] names no CPU"):
+        scheduling.apply({"scheduling": {"actor": {"cpus": [4096]}}}, "actor")
+
+
+def test_no_privilege_to_raise_a_priority_is_a_warning_not_a_failure(monkeypatch, caplog):
+    def refuse(*_):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    with caplog.at_level(logging.WARNING):
+        applied = scheduling.apply({"scheduling": {"driver": {"nice": -10}}}, "driver")
+    assert applied == {"nice": os.getpriority(os.PRIO_PROCESS, 0)}
+    assert "cannot set niceness -10" in caplog.text and "CAP_SYS_NICE" in caplog.text
