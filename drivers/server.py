@@ -6,7 +6,8 @@
 
 Timing. Step k of a chunk is due at t0 + k/fps on the driver clock (the step nearest in time, within half a period);
 older unexecuted steps are skipped (counted), never replayed. The newest chunk replaces the previous one.
-Observations carry t, the time the state was produced; a policy answering it sends t0 = obs.t + 1/fps (the next tick).
+Observations carry t, the time the state was produced (in real time the scheduled time of the tick that stepped it,
+so a slow step does not push the answer a tick late); a policy answering it sends t0 = obs.t + 1/fps (the next tick).
 - realtime: the driver clock is the monotonic clock; one tick per period; no due step -> hold.
 - lockstep: the driver clock is virtual (executed steps / fps). The simulator steps as soon as a step is due at the
   current virtual time, otherwise the driver waits for commands. The watchdog still runs on the wall clock.
@@ -88,6 +89,9 @@ class Driver:
         self.alive: dict[str, float] = {}
         self.episode, self.step, self.vticks = -1, 0, 0
         self.episode_t0 = 0.0
+        self.tick_t = self.state_t = (
+            0.0  # real time: the scheduled time of this tick; when the state was produced
+        )
         self.last_action: np.ndarray | None = None
         self.last_pub = -math.inf
         self.last_result: dict = {}
@@ -185,9 +189,10 @@ class Driver:
         return self.vticks / self.fps if self.mode == "lockstep" else self.clock.now()
 
     def state_time(self) -> float:
-        """When the published state was produced: the tick of the last step. One rule for both modes: a policy
-        answering an observation stamps its chunk t0 = obs.t + 1/fps, the next tick."""
-        return (self.vticks - 1) / self.fps if self.mode == "lockstep" else self.clock.now()
+        """When the published state was produced: the tick of the last step (its scheduled time, on the tick grid;
+        after a reset, when the reset ended). One rule for both modes: a policy answering an observation stamps its
+        chunk t0 = obs.t + 1/fps, the next tick, however long the step itself took to run."""
+        return (self.vticks - 1) / self.fps if self.mode == "lockstep" else self.state_t
 
     def spin_once(self) -> None:
         if self.mode == "realtime":
@@ -196,6 +201,7 @@ class Driver:
             self._watch()
             if self.deadline.remaining() > 0:
                 return
+            self.tick_t = self.deadline.next_t
             self.deadline.advance()
             self.loop.tick(self.clock.now())
         else:
@@ -337,6 +343,7 @@ class Driver:
             self._publish(fresh=False)
             return False
         result = self.robot.send(action)
+        self.state_t = self.tick_t
         self.step += 1
         if self.mode == "lockstep":
             self.vticks += 1
@@ -423,6 +430,7 @@ class Driver:
             self._publish(fresh=False)
             return
         self.robot_state = self.robot.reset(seed)
+        self.state_t = self.clock.now()
         self.episode += 1
         self.step = 0
         self.chunk = None

@@ -255,6 +255,39 @@ def test_realtime_step_selection_with_a_fake_clock(tmp_path):
         driver.close()
 
 
+def test_realtime_answer_to_a_slow_step_is_due_at_the_next_tick(tmp_path):
+    """A step that takes most of a period (a loaded simulator) must not push the policy's answer a tick late: obs.t
+    is the scheduled time of the tick that stepped, so t0 = obs.t + 1/fps is the next tick and every tick runs."""
+    cfg = make_cfg(tmp_path, "robot.mode=realtime", "robot.fps=10")
+    clock = FakeClock(100.0)
+    driver = Driver(cfg, clock=clock)
+    driver.open()
+    send = driver.robot.send
+
+    def slow_send(action):
+        result = send(action)
+        clock.advance(0.07)  # 0.7 of a period
+        return result
+
+    driver.robot.send = slow_send
+    try:
+        executed = []
+        for tick in range(12):
+            clock.t = driver.deadline.next_t + 0.002  # ticks fire a little late, as real ones do
+            driver._handle(Message("heartbeat", 0, 0.0, {"client": "c"}, {}))
+            if tick % 4 == 0:  # the policy answers the newest observation with a 4-step chunk
+                meta = {"t0": driver.state_time() + 0.1, "chunk_id": tick, "client": "c"}
+                driver._handle(Message("chunk", tick, 0.0, meta, {"actions": chunk(4)}))
+            driver.spin_once()
+            executed.append(driver.step)
+        assert executed == list(range(1, 13)) and driver.counters["steps_skipped"] == 0
+        assert driver.state_time() == pytest.approx(
+            driver.tick_t
+        )  # on the tick grid, not after the slow step
+    finally:
+        driver.close()
+
+
 @pytest.mark.timeout(120)
 def test_panda_in_real_time_paces_steps_at_the_control_rate(tmp_path):
     cfg = make_cfg(tmp_path, "robot=sim_panda", "robot.mode=realtime")
