@@ -45,6 +45,8 @@ from drivers.robot import Robot, RobotError, make_robot
 from drivers.safety import ActionFilter, Limits, SafetyConfig, SafetyConfigError, SafetyMonitor
 from drivers.sim_env import SimUnavailableError
 from drivers.teleop import TeleopContext, TeleopDevice, TeleopError, make_teleop
+from expo_robot.runtime.scheduling import apply as apply_scheduling
+from expo_robot.runtime.scheduling import freeze_heap
 from expo_robot.transport.protocol import OPS, PROTOCOL_VERSION, RobotSpec, driver_inbox, image_field
 from expo_robot.transport.sockets import CurveKeys, Publisher, Puller, TransportError, address
 from expo_robot.transport.wire import Message
@@ -150,6 +152,7 @@ class Driver:
         self.loop = LoopStats(1.0 / self.fps)
         self.deadline = Deadline(1.0 / self.fps, self.clock)
         self._reset_episode(self.cfg.get("seed"))
+        freeze_heap()
         self.ready.set()
         log.info(
             "driver %s ready: %s %s at %.1f Hz, obs %s, cmd %s",
@@ -516,10 +519,9 @@ def main(cfg: Any, words: list[str]) -> int:
     """`expo-robot driver [overrides]`: run until SIGINT/SIGTERM, then safe state and a clean exit.
     SIGUSR1 latches the e-stop (e.g. `kill -USR1 PID` from an operator's button script)."""
     from expo_robot.config import make_run_dir
-    from expo_robot.runtime import scheduling
 
     run_dir = make_run_dir(cfg, "driver")
-    scheduling.apply(cfg.runtime, "driver")
+    apply_scheduling(cfg.runtime, "driver")
     stop = threading.Event()
     try:
         driver = Driver(cfg)

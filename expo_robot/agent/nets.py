@@ -91,7 +91,9 @@ class _ResidualBlock(nn.Module):
     def __init__(self, hidden: int, dropout: float, expand: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Dropout(dropout) if dropout > 0 else nn.Identity(),  # (Identity: no op at all in a traced graph)
+            nn.Dropout(dropout)
+            if dropout > 0
+            else nn.Identity(),  # (Identity: no op at all in a traced graph)
             nn.LayerNorm(hidden),
             nn.Linear(hidden, hidden * expand),
             nn.SiLU(),

@@ -3,7 +3,9 @@
     expo-robot actor runtime.host=10.0.0.5 session.env_steps=20000   # alone, next to the robot's driver
 
 Each decision: the newest observation -> `agent.act` (propose, edit, score, select) -> a chunk stamped with the time
-its first step is due (the driver skips steps already past) -> the next `replan_every` observations. Weights are
+its first step is due (the driver skips steps already past) -> the next `replan_every` observations. In real time
+the next decision starts `session.realtime_lead_steps` steps before that, so its chunk reaches the driver before the
+tick it is for (the newest chunk replaces the rest of the current one); in lock-step the driver waits. Weights are
 swapped between chunks. At the end of an episode its chunk transitions (the actions the driver really executed) go
 to the learner; every batch is kept until the learner has it in a checkpoint, so a learner restarted from its
 checkpoint gets back everything it lost.
@@ -30,13 +32,14 @@ from expo_robot.agent import AgentSpec, make_agent
 from expo_robot.agent.encoder import resize_frames
 from expo_robot.config import ConfigError, make_run_dir
 from expo_robot.data.chunking import chunk_transitions
-from expo_robot.data.dataset_io import DatasetError, EpisodeWriter, camera_features, dataset_features
+from expo_robot.data.dataset_io import DatasetError, camera_features, dataset_features
 from expo_robot.observe import metrics as M
 from expo_robot.observe.metrics import MetricsLogger
 from expo_robot.observe.stats import latency_summary
 from expo_robot.runtime import scheduling
 from expo_robot.runtime.learner import agent_cameras
 from expo_robot.runtime.messages import LEARNER_OUTBOX, unpack_state
+from expo_robot.runtime.recorder_process import RecorderProcess
 from expo_robot.transport.robot_client import RobotClient
 from expo_robot.transport.sockets import CurveKeys, Pusher, Subscriber, address
 
@@ -183,6 +186,11 @@ class LearnerLink:
         self.push.close()
 
 
+def next_tick(state_t: float, driver_now: float, dt: float) -> float:
+    """The first tick after `driver_now` on the grid of ticks through `state_t` (and at least the one after it)."""
+    return state_t + dt * max(1, math.floor((driver_now - state_t) / dt) + 1)
+
+
 class Actor:
     """Runs episodes on a driver. With a LearnerLink it learns (weights in, transitions out); without one it acts
     with fixed weights (evaluation)."""
@@ -200,6 +208,9 @@ class Actor:
         self.session = cfg.session
         self.chunk = int(cfg.agent.chunk)
         self.replan_every = int(cfg.agent.get("replan_every") or self.chunk)
+        self.replan_after = (
+            self.replan_every
+        )  # steps of a chunk observed before the next decision (see connect)
         self.gamma = float(cfg.agent.gamma)
         self.robot = RobotClient(  # the driver must publish the cameras the learner and the datasets expect
             {**OmegaConf.to_container(cfg.runtime, resolve=True), "host": cfg.runtime.driver_host},
@@ -210,7 +221,7 @@ class Actor:
         self.env_steps = self.episodes = self.chunks_sent = 0
         self.episode_seed = int(cfg.seed) * 100_000
         self.robot_episode = -1  # the driver's episode counter, as last seen
-        self.writers: dict[str, EpisodeWriter] = {}  # dataset name -> writer, opened at its first episode
+        self.writers: dict[str, RecorderProcess] = {}  # dataset name -> its recording process (see connect)
         self.recording_failed: set[str] = set()
         self.labels = OperatorLabels()
         self.classifier_cfg = cfg.get("reward_classifier") or {}
@@ -233,7 +244,10 @@ class Actor:
                 f"the reward classifier {self.classifier_cfg.path} was trained on cameras "
                 f"{sorted(self.classifier.cameras)}; the robot has {sorted(spec.cameras)}: use matching cameras="
             )
+        self._start_recorders(spec)
         self.dt = 1.0 / spec.fps
+        if spec.mode == "realtime":
+            self.replan_after = max(1, self.replan_every - int(self.session.get("realtime_lead_steps", 0)))
         self.agent = make_agent(
             self.cfg.agent,
             AgentSpec(
@@ -250,9 +264,20 @@ class Actor:
         log.info("%s: robot %s (%s, %.0f Hz)", self.id, spec.robot, spec.mode, spec.fps)
         if agent_state is not None:
             self.agent.load_state_dict(agent_state)
-            return
-        self._wait_first_weights()
-        self.env_steps = int(self.link.status.get("env_steps", 0)) if self.session.resume else 0
+        else:
+            self._wait_first_weights()
+            self.env_steps = int(self.link.status.get("env_steps", 0)) if self.session.resume else 0
+        self._warm_up(spec)
+        self._recorders_ready()
+        scheduling.freeze_heap()
+
+    def _warm_up(self, spec) -> None:
+        """One decision of each kind before the first episode: the first call traces the sampler's graph (~0.1 s),
+        which must not happen while the robot waits for a chunk."""
+        state = np.zeros(spec.state_dim, np.float32)
+        images = {k: np.zeros(shape, np.uint8) for k, shape in self.frame_shapes.items()} or None
+        for mode in ("explore", "eval"):
+            self.agent.act(state, mode=mode, images=images)
 
     def _wait_first_weights(self) -> None:
         log.info("%s: waiting for the learner's first weights", self.id)
@@ -350,9 +375,9 @@ class Actor:
                 t0 = self._chunk_t0(obs)
                 self.robot.send_chunk(np.asarray(chunk, np.float32), t0=t0, chunk_id=self.chunks_sent)
                 self.chunks_sent += 1
-                # Replan after the step due at t0 + (replan_every - 1) periods: counted in time, not in steps,
+                # Replan after the step due at t0 + (replan_after - 1) periods: counted in time, not in steps,
                 # because the driver skips the steps of a late chunk that are already past.
-                last_due = t0 + (self.replan_every - 1.5) * self.dt
+                last_due = t0 + (self.replan_after - 1.5) * self.dt
                 while True:
                     try:
                         obs = self._next_obs(obs.step)
@@ -465,24 +490,36 @@ class Actor:
             log.error("%s: recording to %s stopped: %s (the learner still gets every transition)", self.id,
                       writer.root, e)  # fmt: skip
 
-    def _writer(self, mode: str) -> EpisodeWriter | None:
+    def _writer(self, mode: str) -> RecorderProcess | None:
         """<run>/episodes/<actor id>: the episodes this actor learns from (or, evaluating only, its evaluation
         episodes); a learning actor's evaluations go to <actor id>-eval, apart from its training data."""
-        if not self.session.get("record_episodes", True):
-            return None
         name = self.id if mode == "explore" or self.link is None else f"{self.id}-eval"
-        if name in self.recording_failed:
-            return None
-        if name not in self.writers:
-            spec = self.robot.spec
-            features = dataset_features(
-                spec.state_dim, spec.action_dim, extra=camera_features(self.frame_shapes), capture_time=True
-            )
-            self.writers[name] = EpisodeWriter(
+        return None if name in self.recording_failed else self.writers.get(name)
+
+    def _start_recorders(self, spec) -> None:
+        """One recording process per dataset this actor writes, started now: it takes seconds to be ready, which
+        the handshake and the wait for weights cover (`_recorders_ready`)."""
+        if not self.session.get("record_episodes", True):
+            return
+        names = [self.id]
+        if self.link is not None and int(self.session.eval_episodes) > 0:
+            names.append(f"{self.id}-eval")
+        features = dataset_features(
+            spec.state_dim, spec.action_dim, extra=camera_features(self.frame_shapes), capture_time=True
+        )
+        for name in names:
+            self.writers[name] = RecorderProcess(
                 self.run_dir / "episodes" / name, round(spec.fps), features, self.cfg.task.description,
                 robot_type=spec.robot,
             )  # fmt: skip
-        return self.writers[name]
+
+    def _recorders_ready(self) -> None:
+        for name, writer in self.writers.items():
+            try:
+                writer.wait_ready()
+            except DatasetError as e:  # the session goes on without this record
+                self.recording_failed.add(name)
+                log.error("%s: not recording to %s: %s", self.id, writer.root, e)
 
     def _log_episode(self, r: EpisodeResult) -> None:
         lat = latency_summary(r.latencies_ms) if r.latencies_ms else {}
@@ -526,11 +563,12 @@ class Actor:
         )
 
     def _chunk_t0(self, obs) -> float:
-        """When the chunk's first step is due: the tick after the observation it answers. In real time, if the
-        driver has moved on since (it republishes while idle), the tick after the driver's latest time."""
+        """When the chunk's first step is due: the tick after the observation it answers (obs.t is a tick of the
+        driver's grid). In real time, if the driver has moved on since (it republishes while idle), the first tick
+        of that grid after the driver's latest time, so that no step of the chunk is past when it arrives."""
         latest = self.robot.latest
         if self.robot.spec.mode == "realtime" and latest is not None and latest.episode == obs.episode:
-            return max(obs.t, latest.stamp) + self.dt
+            return next_tick(obs.t, latest.stamp, self.dt)
         return obs.t + self.dt
 
     def _next_obs(self, last_step: int):

@@ -9,15 +9,23 @@ or a policy step. Each process sets its own priority when it starts, from `runti
   not rank it against the other processes. Processes started from one shell share its session; there niceness alone
   ranks them.
 - `cpus`: CPU ids to pin the process to, or null for any.
+- `switch_interval_s`: how long a Python thread may hold the interpreter while another waits for it (Python's
+  default 5 ms). A control loop shares its process with helper threads (heartbeats, the episode writer); each time
+  its graph or a socket call hands the interpreter to one of them, it may wait this long to get it back.
 
 Raising a priority (a negative nice) needs root or CAP_SYS_NICE; without it the process says so once and runs at its
 current priority. Lowering one always works.
+
+A control loop also must not stop for Python's garbage collector: `freeze_heap` takes what a process built at start
+(imported modules, networks, sockets) out of the collector's sight.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,9 @@ def apply(runtime_cfg: Mapping[str, Any] | None, role: str) -> dict[str, Any]:
         applied["nice"] = _set_nice(role, int(want["nice"]))
     if want.get("cpus") is not None:
         applied["cpus"] = _set_cpus(role, [int(c) for c in want["cpus"]])
+    if want.get("switch_interval_s") is not None:
+        sys.setswitchinterval(float(want["switch_interval_s"]))
+        applied["switch_interval_s"] = sys.getswitchinterval()
     if applied:
         log.info("%s: scheduling %s", role, applied)
     return applied
@@ -70,3 +81,11 @@ def _set_cpus(role: str, cpus: list[int]) -> list[int]:
         )
     os.sched_setaffinity(0, chosen)
     return sorted(chosen)
+
+
+def freeze_heap() -> None:
+    """Call once a real-time process has built what it keeps. A full collection then scans only what was made
+    since: with torch and lerobot imported an actor holds ~400k objects, and a full collection over them took 200 ms
+    here (it struck a policy step now and then: p99 73 ms in a 50 Hz session); over what the loop makes, < 1 ms."""
+    gc.collect()
+    gc.freeze()

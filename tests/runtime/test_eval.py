@@ -20,7 +20,7 @@ from drivers.robot import make_robot
 from drivers.server import Driver, run_driver
 from expo_robot.agent import AgentSpec, make_agent
 from expo_robot.config import load_config
-from expo_robot.runtime.actor import EVAL_SEED_OFFSET, EpisodeResult
+from expo_robot.runtime.actor import EVAL_SEED_OFFSET, STALL_S, EpisodeResult
 from expo_robot.runtime.checkpoint import CheckpointError, save_checkpoint
 from expo_robot.runtime.evaluate import (
     EvalError,
@@ -237,17 +237,22 @@ def test_an_estop_ends_the_episode_as_a_failure_and_the_evaluation(run_folder, t
     over = ["eval.episodes=2", "task.max_episode_steps=500", "safety.max_episode_steps=500"]
     cfg = in_process_cfg(run_folder, *over)
     with driver_thread(cfg) as driver:
+        pressed: list[float] = []
 
         def press_estop_at_step_5():
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 120
             while driver.step < 5 and time.monotonic() < deadline:
                 time.sleep(0.002)
             driver.request_estop("test operator")
+            pressed.append(time.monotonic())
 
         threading.Thread(target=press_estop_at_step_5, daemon=True).start()
-        t0 = time.monotonic()
         _, ended_early = evaluate(cfg, over, tmp_path, threading.Event())
-    assert time.monotonic() - t0 < 15, "an e-stop must end the episode at once, not after a stall timeout"
+    print(f"e-stop to the end of the evaluation: {time.monotonic() - pressed[0]:.2f} s")
+    # a stall timeout would end the episode STALL_S (5 s) after the e-stop; the dataset is finished in that time too
+    assert time.monotonic() - pressed[0] < STALL_S, (
+        "an e-stop must end the episode at once, not after a stall"
+    )
     doc = report(tmp_path)
     (ep,) = doc["episodes"]["latest [expo]"]
     assert ep["stop_reason"] == "estop" and not ep["success"] and "test operator" in ep["detail"]

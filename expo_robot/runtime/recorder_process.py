@@ -1,0 +1,295 @@
+"""Episode recording in a process of its own, for a control process (the actor).
+
+An EpisodeWriter saves on a thread, but that thread shares its process's interpreter lock: turning an episode into
+parquet holds the lock for long stretches, and a policy step that needs the lock waits. Measured in a 50 Hz real-time
+session on 2 cores: policy step p99 5 ms without recording, 26-99 ms with it in the actor's process. A
+RecorderProcess keeps EpisodeWriter's caller API (add_frame, end_episode, discard_episode, close); each ended episode
+goes as one wire message (a msgpack header and raw arrays, no pickle) to a child process that owns the EpisodeWriter,
+and the child reports every save or failure back. The child runs at a low priority and follows its parent's death
+(it then saves what it already received and finalizes the dataset).
+
+    python -m expo_robot.runtime.recorder_process '<json settings>'   # the child; started by RecorderProcess
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from expo_robot.data.dataset_io import FLAGS, DatasetError, EpisodeWriter
+from expo_robot.transport.sockets import Channel
+from expo_robot.transport.wire import FieldSpec, Schema
+
+log = logging.getLogger(__name__)
+MAX_EPISODE_BYTES = 1 << 30  # a 1000-step episode with two 96x96 cameras is ~55 MB
+MAX_PENDING = 64  # ended episodes the child has not saved yet; more means the disk cannot keep up
+STATUS = {t: Schema(t, meta={"index": int}) for t in ("ready", "saved", "closed")} | {
+    "failed": Schema("failed", meta={"error": str})
+}
+
+
+class _Pair(Channel):
+    kind = zmq.PAIR
+
+
+def episode_schema(state_dim: int, action_dim: int, cameras: dict[str, tuple[int, ...]]) -> dict[str, Schema]:
+    """What the child accepts: one ended episode ([T, ...] per field) or the order to finish. A record keeps what
+    happened, so non-finite values are not a reason to drop it (the learner's own checks are elsewhere)."""
+    fields = {
+        "state": FieldSpec("float32", (None, state_dim), finite=False),
+        "action": FieldSpec("float32", (None, action_dim), finite=False),
+        "reward": FieldSpec("float32", (None,), finite=False),
+        "capture_time": FieldSpec("float64", (None,), finite=False),
+        **{flag: FieldSpec("bool", (None,)) for flag in FLAGS},
+        **{f"image.{k}": FieldSpec("uint8", (None, *shape)) for k, shape in cameras.items()},
+    }
+    return {
+        "episode": Schema("episode", fields, {"truncated": bool, "task": str}, max_bytes=MAX_EPISODE_BYTES),
+        "close": Schema("close"),
+    }
+
+
+def _dims(features: dict) -> tuple[int, int, dict[str, tuple[int, ...]]]:
+    cams = {k.split(".")[-1]: tuple(v["shape"]) for k, v in features.items() if v["dtype"] == "image"}
+    return features["observation.state"]["shape"][0], features["action"]["shape"][0], cams
+
+
+class RecorderProcess:
+    """EpisodeWriter's caller API, with the writer in a child process, started at once and ready after
+    `wait_ready()`. Raises DatasetError as EpisodeWriter does: when the child cannot open the dataset (a folder that
+    is not a matching one), and on the call after a save failed or the child died."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        fps: int,
+        features: dict,
+        task: str,
+        robot_type: str | None = None,
+        nice: int = 10,
+        start_timeout_s: float = 120.0,
+    ):
+        self.root, self.task = Path(root), task
+        self._state_dim, self._action_dim, self._cameras = _dims(features)
+        self._frames: list[dict] = []
+        self._error: str | None = None
+        self._closed = False
+        self.queued_episodes = self.saved_episodes = 0
+        self._chan = _Pair(
+            "tcp://127.0.0.1:*", STATUS, bind=True, hwm=MAX_PENDING, name=f"recorder:{self.root.name}"
+        )
+        endpoint = self._chan.sock.last_endpoint.decode()
+        settings = {"endpoint": endpoint, "root": str(self.root), "fps": int(fps), "features": features,
+                    "task": task, "robot_type": robot_type, "nice": nice}  # fmt: skip
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "expo_robot.runtime.recorder_process", json.dumps(settings)],
+            preexec_fn=_follow_parent,
+        )
+        self._ready = False
+        self.start_timeout_s = start_timeout_s
+
+    def wait_ready(self) -> None:
+        """Block until the child has opened the dataset (importing lerobot takes ~13 s here): call it before the
+        control loop starts, which then never waits for it. Raises DatasetError if the child could not open it."""
+        if self._ready:
+            return
+        first = self._status(self.start_timeout_s)
+        if first is None or first.type != "ready":
+            error = (
+                first.meta["error"] if first is not None else f"no answer within {self.start_timeout_s:.0f} s"
+            )
+            self._closed = True
+            self._stop_child()
+            raise DatasetError(f"recorder for {self.root} did not start: {error}")
+        self._ready = True
+        self.queued_episodes = self.saved_episodes = first.meta["index"]
+
+    # ── caller side (control loop) ─────────────────────────────────────────────
+    def add_frame(self, state, action, reward: float, *, intervention=False, success=False, safety_stop=False,
+                  capture_time: float | None = None, images: dict[str, np.ndarray] | None = None) -> None:  # fmt: skip
+        """Keep one frame of the episode in progress (images copied: a received frame is a socket buffer)."""
+        self._raise_if_failed()
+        if sorted(images or {}) != sorted(self._cameras):
+            raise DatasetError(
+                f"frame has images of {sorted(images or {})}, the dataset's cameras are {sorted(self._cameras)}"
+            )
+        t = time.monotonic() if capture_time is None else capture_time
+        self._frames.append({"state": state, "action": action, "reward": reward, "intervention": intervention,
+                             "success": success, "safety_stop": safety_stop, "capture_time": t,
+                             **{f"image.{k}": np.array(v, np.uint8) for k, v in (images or {}).items()}})  # fmt: skip
+
+    @property
+    def frames_in_episode(self) -> int:
+        return len(self._frames)
+
+    def end_episode(self, task: str | None = None, truncated: bool | None = None) -> int:
+        """Send the episode in progress to the child; return its episode index. Never waits for the disk."""
+        self.wait_ready()
+        self._raise_if_failed()
+        if not self._frames:
+            raise DatasetError("end_episode() with no frames: call add_frame() first (or discard_episode())")
+        if self._closed:
+            raise DatasetError(f"recorder for {self.root} is closed")
+        arrays = {k: np.stack([np.asarray(f[k]) for f in self._frames]) for k in self._frames[0]}
+        arrays = {k: v.astype(_DTYPES.get(k, v.dtype), copy=False) for k, v in arrays.items()}
+        meta = {"truncated": bool(truncated), "task": task or self.task}
+        if self.queued_episodes - self.saved_episodes >= MAX_PENDING or not self._chan.send(
+            "episode", arrays, meta
+        ):
+            raise DatasetError(
+                f"{MAX_PENDING} episodes are waiting to be saved to {self.root}: the disk is too slow or the "
+                "recorder process is stuck; check its log"
+            )
+        self._frames = []
+        self.queued_episodes += 1
+        return self.queued_episodes - 1
+
+    def discard_episode(self) -> None:
+        self._frames = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the child has saved every episode sent (tests); True if it did in time."""
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        while (
+            self.saved_episodes < self.queued_episodes and self._error is None and time.monotonic() < deadline
+        ):
+            self._absorb(self._status(min(0.2, max(0.0, deadline - time.monotonic()))))
+        self._raise_if_failed()
+        return self.saved_episodes >= self.queued_episodes
+
+    def close(self, timeout: float | None = 120.0) -> None:
+        """Have the child save everything sent, finalize the dataset and exit."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._ready:  # nothing was sent (end_episode waits for ready): no dataset to finish
+            self._stop_child()
+            return
+        if self._frames:
+            log.info("dropping %d frames of an episode that was not ended", len(self._frames))
+            self._frames = []
+        if self._proc.poll() is None:
+            self._chan.send("close")
+            deadline = time.monotonic() + (timeout or 120.0)
+            while self._proc.poll() is None and time.monotonic() < deadline:
+                self._absorb(self._status(0.2))
+        try:
+            self._raise_if_failed()  # (reads the last reports first)
+        finally:
+            self._stop_child()
+
+    # ── status from the child ──────────────────────────────────────────────────
+    def _status(self, timeout_s: float):
+        return self._chan.recv(timeout_s)
+
+    def _absorb(self, msg) -> None:
+        if msg is None:
+            return
+        if msg.type == "failed":
+            self._error = msg.meta["error"]
+        else:
+            self.saved_episodes = max(self.saved_episodes, msg.meta["index"])
+
+    def _raise_if_failed(self) -> None:
+        while self._ready and (msg := self._chan.recv(0.0)) is not None:
+            self._absorb(msg)
+        if self._error is None and self._proc.poll() not in (None, 0):
+            self._error = f"the recorder process exited with code {self._proc.returncode}"
+        if self._error is not None:
+            raise DatasetError(f"saving episodes to {self.root} failed: {self._error}")
+
+    def _stop_child(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._chan.close()
+
+
+_DTYPES = {"state": np.float32, "action": np.float32, "reward": np.float32, "capture_time": np.float64,
+           **dict.fromkeys(FLAGS, np.bool_)}  # fmt: skip
+
+
+def _follow_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (the child then saves what it has and exits)."""
+    from expo_robot.runtime.launcher import die_with_parent
+
+    die_with_parent()
+
+
+# ── the child ──────────────────────────────────────────────────────────────────
+def serve(settings: dict) -> int:
+    os.nice(max(0, int(settings.get("nice", 10)) - os.nice(0)))  # saving is never urgent
+    stop: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when recording ends
+    features = {k: {**v, "shape": tuple(v["shape"])} for k, v in settings["features"].items()}
+    state_dim, action_dim, cams = _dims(features)
+    chan = _Pair(settings["endpoint"], episode_schema(state_dim, action_dim, cams), hwm=MAX_PENDING,
+                 name="recorder.child")  # fmt: skip
+    try:
+        writer = EpisodeWriter(settings["root"], settings["fps"], features, settings["task"],
+                               robot_type=settings.get("robot_type"))  # fmt: skip
+    except DatasetError as e:
+        chan.send("failed", meta={"error": str(e)})
+        chan.close(linger_s=5.0)
+        return 1
+    chan.send("ready", meta={"index": writer.saved_episodes})
+    reported, failed = writer.saved_episodes, False
+    try:
+        while True:
+            msg = chan.recv(0.0 if stop else 0.2)
+            if writer.saved_episodes != reported:  # the writer's thread saves a backlog back to back
+                reported = writer.saved_episodes
+                chan.send("saved", meta={"index": reported})
+            if msg is None:
+                if stop:  # the parent is gone: what it sent is saved, then the dataset is finalized
+                    break
+                continue
+            if msg.type == "close":
+                break
+            if not failed:
+                failed = not _queue(writer, msg, chan)
+    finally:
+        try:
+            writer.close()
+            chan.send("closed", meta={"index": writer.saved_episodes})
+        except DatasetError as e:
+            chan.send("failed", meta={"error": str(e)})
+        chan.close(linger_s=5.0)
+    return 0
+
+
+def _queue(writer: EpisodeWriter, msg, chan: Channel) -> bool:
+    a = msg.arrays
+    cams = [k[len("image.") :] for k in a if k.startswith("image.")]
+    try:
+        for t in range(len(a["state"])):
+            writer.add_frame(
+                a["state"][t], a["action"][t], float(a["reward"][t]), intervention=bool(a["intervention"][t]),
+                success=bool(a["success"][t]), safety_stop=bool(a["safety_stop"][t]),
+                capture_time=float(a["capture_time"][t]), images={k: a[f"image.{k}"][t] for k in cams} or None,
+            )  # fmt: skip
+        writer.end_episode(msg.meta["task"], truncated=msg.meta["truncated"])
+    except DatasetError as e:
+        log.error("recorder: %s", e)
+        chan.send("failed", meta={"error": str(e)})
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(serve(json.loads(sys.argv[1])))
