@@ -40,6 +40,7 @@ class SafetyConfig:
     startup_ramp_steps: int = 5
     startup_max_jump: float = 0.25
     watchdog_hold_periods: float = 1.0
+    watchdog_min_hold_s: float = 0.03
     watchdog_safe_state_s: float = 2.0
     max_episode_steps: int = 1000
     max_episode_time_s: float = 600.0
@@ -210,7 +211,9 @@ class SafetyMonitor:
 
     def __init__(self, cfg: SafetyConfig, fps: float):
         self.cfg = cfg
-        self.hold_after_s = cfg.watchdog_hold_periods / fps
+        # never below the floor: at a high rate one period is shorter than an ordinary scheduling hiccup of a busy
+        # policy process (at 50 Hz the floor is 1.5 periods, and a dead policy is still held within 2)
+        self.hold_after_s = max(cfg.watchdog_hold_periods / fps, cfg.watchdog_min_hold_s)
         self.status = Status("ok", "")
         self.counters: Counter = Counter()
         self._silent_since: float | None = None

@@ -120,6 +120,15 @@ def test_monitor_watchdog_estop_and_limits():
     assert m.counters["estop"] == 1 and m.counters["hold"] == 2 and m.counters["safe_state"] == 1
 
 
+def test_watchdog_window_is_periods_with_a_floor_that_still_holds_within_two_periods():
+    assert SafetyMonitor(SafetyConfig(), fps=10.0).hold_after_s == pytest.approx(0.1)  # 1 period
+    fast = SafetyMonitor(SafetyConfig(), fps=50.0)  # 1 period would be 20 ms: the 30 ms floor applies
+    assert fast.hold_after_s == pytest.approx(0.03)
+    # the driver checks every hold_after_s / 4: a dead policy is held within 1.25 windows = 1.875 periods < 2
+    assert 1.25 * fast.hold_after_s < 2 / 50.0
+    assert fast.watchdog(1.0, 0.975) is None and fast.watchdog(1.031, 1.0) == "hold"
+
+
 # ---- property test: random command streams never violate bounds, change limit or the workspace box ----
 finite = st.floats(-3.0, 3.0, allow_nan=False)
 weird = st.sampled_from([np.nan, np.inf, -np.inf, 1e30, -1e30])
