@@ -21,6 +21,7 @@ import time
 import numpy as np
 import zmq
 
+from expo_robot.runtime.scheduling import freeze_heap
 from expo_robot.transport.sockets import Channel
 from expo_robot.transport.wire import FieldSpec, Schema, encode
 
@@ -65,6 +66,7 @@ def serve() -> None:
     bare.linger = 0
     bare.bind("tcp://127.0.0.1:*")
     ours = _Pair("tcp://127.0.0.1:*", SCHEMAS, bind=True, ctx=ctx, name="bench.echo")
+    freeze_heap()  # as the driver and the actor do once set up
     print(bare.last_endpoint.decode(), ours.sock.last_endpoint.decode(), flush=True)
     poller = zmq.Poller()
     poller.register(bare, zmq.POLLIN)
@@ -136,6 +138,7 @@ def run(cfg, words: list[str]) -> dict:
         bare.connect(bare_addr)
         ours = _Pair(ours_addr, SCHEMAS, bind=False, ctx=ctx, name="bench.client")
         socks, payloads = {"bare": bare, "ours": ours}, _payloads()
+        freeze_heap()
         samples: dict[str, list[float]] = {}
         for kind in ("state", "frame"):  # warm-up (connections, page faults)
             for mode in ("bare", "ours"):

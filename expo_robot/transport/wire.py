@@ -45,7 +45,7 @@ ALLOWED_DTYPES = frozenset(
 _HEADER_KEYS = ("type", "v", "seq", "stamp", "wall", "meta", "fields")
 # Lookups instead of dtype.name / np.dtype(name): those are slow Python-level calls on the hot path.
 _NAME_OF = {np.dtype(n): n for n in ALLOWED_DTYPES}
-_ITEMSIZE = {n: np.dtype(n).itemsize for n in ALLOWED_DTYPES}
+_DTYPE = {n: np.dtype(n) for n in ALLOWED_DTYPES}
 
 
 class WireError(ValueError):
@@ -187,8 +187,8 @@ def _check_header(h: dict) -> None:
         raise WireError("header_fields", f"fields must be a list of at most {MAX_FIELDS} entries")
 
 
-# One validated array: name, dtype, shape, byte count, whether values must be finite.
-_Entry = tuple[str, str, tuple[int, ...], int, bool]
+# One validated array: name, dtype, shape (None when 1-D: frombuffer's own), byte count, whether values must be finite.
+_Entry = tuple[str, np.dtype, tuple[int, ...] | None, int, bool]
 _MAX_LAYOUTS = (
     256  # per schema: a sender uses a handful; random headers must not grow the cache without bound
 )
@@ -246,7 +246,7 @@ def _check_layout(fields: list, spec: Schema | None) -> tuple[_Entry, ...]:
             raise WireError(
                 "shape", f"field '{name[:40]}' shape must be a list of <= {MAX_NDIM} non-negative ints"
             )
-        nbytes = math.prod(shape) * _ITEMSIZE[dtype]
+        nbytes = math.prod(shape) * _DTYPE[dtype].itemsize
         if nbytes > budget:
             raise WireError("size", f"field '{name[:40]}' declares {nbytes} bytes, over the size limit")
         if name in entries:
@@ -255,8 +255,8 @@ def _check_layout(fields: list, spec: Schema | None) -> tuple[_Entry, ...]:
         want = spec.fields.get(name) if spec is not None else None  # finite values are a schema rule
         entries[name] = (
             name,
-            dtype,
-            tuple(shape),
+            _DTYPE[dtype],
+            None if len(shape) == 1 else tuple(shape),
             nbytes,
             dtype.startswith("float") and bool(want and want.finite),
         )
@@ -271,9 +271,10 @@ def _check_fields_against(spec: Schema, entries: dict[str, _Entry]) -> None:
             if want.required:
                 raise WireError("missing_field", f"'{spec.type}' needs array '{name}'")
             continue
-        _, dtype, shape, _, _ = entries[name]
-        if dtype != want.dtype:
-            raise WireError("dtype", f"'{spec.type}.{name}' must be {want.dtype}, got {dtype}")
+        _, dtype, shape, nbytes, _ = entries[name]
+        shape = shape if shape is not None else (nbytes // dtype.itemsize,)
+        if dtype.name != want.dtype:
+            raise WireError("dtype", f"'{spec.type}.{name}' must be {want.dtype}, got {dtype.name}")
         if want.shape is not None and not _shape_matches(shape, want.shape):
             raise WireError("shape", f"'{spec.type}.{name}' must have shape {want.shape}, got {shape}")
     extra = set(entries) - set(spec.fields)
@@ -327,7 +328,9 @@ def decode(frames: Sequence[Any], schema: Schema | Mapping[str, Schema] | None =
         buf = _buffer(frame)
         if len(buf) != nbytes:
             raise WireError("buffer_size", f"field '{name[:40]}' has {len(buf)} bytes, header says {nbytes}")
-        arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
+        arr = np.frombuffer(buf, dtype=dtype)
+        if shape is not None:
+            arr = arr.reshape(shape)
         arr.flags.writeable = False  # a view on the received buffer: copy before changing it
         if finite and not _all_finite(arr):
             raise WireError("not_finite", f"'{msg_type}.{name}' holds NaN or Inf")
