@@ -8,8 +8,6 @@ driver first (robot to its safe state), then the actor, then the learner (final 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
@@ -29,21 +27,11 @@ from expo_robot.observe import metrics as M
 from expo_robot.observe.live import LiveStatus
 from expo_robot.observe.report import write_finetune_report
 from expo_robot.observe.summary import rate
+from expo_robot.runtime.scheduling import die_with_parent
 
 log = logging.getLogger(__name__)
 STOP_ORDER = ("driver", "actor", "learner")  # robot safe first, checkpoint last
 STOP_TIMEOUT_S = 60.0
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def die_with_parent() -> None:
-    """Linux: SIGTERM this process when its parent dies, however it dies (a SIGKILLed launcher or recorder must not
-    leave a driver or learner running)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        log.debug("prctl unavailable: this process will not follow its parent's death")
 
 
 def _detach_and_follow() -> None:

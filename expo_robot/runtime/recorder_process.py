@@ -26,6 +26,7 @@ import numpy as np
 import zmq
 
 from expo_robot.data.dataset_io import FLAGS, DatasetError, EpisodeWriter
+from expo_robot.runtime.scheduling import die_with_parent
 from expo_robot.transport.sockets import Channel
 from expo_robot.transport.wire import FieldSpec, Schema
 
@@ -89,10 +90,9 @@ class RecorderProcess:
         )
         endpoint = self._chan.sock.last_endpoint.decode()
         settings = {"endpoint": endpoint, "root": str(self.root), "fps": int(fps), "features": features,
-                    "task": task, "robot_type": robot_type, "nice": nice}  # fmt: skip
+                    "task": task, "robot_type": robot_type, "nice": nice, "parent": os.getpid()}  # fmt: skip
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "expo_robot.runtime.recorder_process", json.dumps(settings)],
-            preexec_fn=_follow_parent,
+            [sys.executable, "-m", "expo_robot.runtime.recorder_process", json.dumps(settings)]
         )
         self._ready = False
         self.start_timeout_s = start_timeout_s
@@ -222,19 +222,15 @@ _DTYPES = {"state": np.float32, "action": np.float32, "reward": np.float32, "cap
            **dict.fromkeys(FLAGS, np.bool_)}  # fmt: skip
 
 
-def _follow_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies (the child then saves what it has and exits)."""
-    from expo_robot.runtime.launcher import die_with_parent
-
-    die_with_parent()
-
-
 # ── the child ──────────────────────────────────────────────────────────────────
 def serve(settings: dict) -> int:
-    os.nice(max(0, int(settings.get("nice", 10)) - os.nice(0)))  # saving is never urgent
     stop: list[bool] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when recording ends
+    die_with_parent()  # SIGTERM when the parent dies: what it sent is then saved and the dataset finalized
+    if os.getppid() != settings["parent"]:  # it died before that
+        stop.append(True)
+    os.nice(max(0, int(settings.get("nice", 10)) - os.nice(0)))  # saving is never urgent
     features = {k: {**v, "shape": tuple(v["shape"])} for k, v in settings["features"].items()}
     state_dim, action_dim, cams = _dims(features)
     chan = _Pair(settings["endpoint"], episode_schema(state_dim, action_dim, cams), hwm=MAX_PENDING,

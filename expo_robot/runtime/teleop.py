@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from expo_robot.config import ConfigError, make_run_dir
 from expo_robot.observe.live import LiveStatus
-from expo_robot.runtime.launcher import die_with_parent
+from expo_robot.runtime.scheduling import die_with_parent
 from expo_robot.transport.protocol import EStopLatchedError
 from expo_robot.transport.robot_client import Observation, RobotClient
 

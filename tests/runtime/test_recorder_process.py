@@ -57,3 +57,38 @@ def test_a_dead_child_is_an_error_on_the_next_call_not_a_hang(tmp_path):
         _episode(rec, 2, 0.0, success=False)
     with pytest.raises(DatasetError):
         rec.close()
+
+
+DYING_PARENT = """
+import os, sys
+import numpy as np
+from expo_robot.data.dataset_io import camera_features, dataset_features
+from expo_robot.runtime.recorder_process import RecorderProcess
+rec = RecorderProcess(sys.argv[1], 10, dataset_features(3, 2, extra=camera_features({"front": (8, 10, 3)}),
+                      capture_time=True), "pick")
+rec.wait_ready()
+for t in range(4):
+    rec.add_frame(np.zeros(3, np.float32), np.zeros(2, np.float32), 0.0, images={"front": np.zeros((8, 10, 3), np.uint8)})
+rec.end_episode(truncated=True)
+print(rec._proc.pid, flush=True)
+os._exit(1)  # a crashed actor: no close(), no finalize
+"""
+
+
+def test_a_dead_parent_loses_no_episode_it_sent(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    out = subprocess.run([sys.executable, "-c", DYING_PARENT, str(tmp_path / "ds")], capture_output=True, text=True,
+                         timeout=180)  # fmt: skip
+    child = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the child saves what it got, finalizes and exits
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    assert [len(e.actions) for e in load_episodes(tmp_path / "ds")] == [4]
