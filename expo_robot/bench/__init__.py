@@ -1,4 +1,5 @@
-"""Benchmarks: `expo-robot bench NAME`. Each writes benchmarks/results/NAME.json with the command that made it."""
+"""Benchmarks: `expo-robot bench NAME`. Each writes benchmarks/results/NAME.json (or the `result_name` its document
+names, for a partial profile) with the command that made it."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def main(cfg: DictConfig, words: list[str]) -> int:
     module, func = BENCHMARKS[words[0]].split(":")
     run = getattr(importlib.import_module(module), func)
     doc = run(cfg, words[1:])
-    path = write_result(words[0], doc)
+    path = write_result(doc.pop("result_name", words[0]), doc)
     print(json.dumps(doc.get("summary", {}), indent=2))
     print(f"results written to {path}")
     return 0
