@@ -22,7 +22,7 @@ import numpy as np
 import zmq
 
 from expo_robot.runtime.scheduling import freeze_heap
-from expo_robot.transport.sockets import Channel
+from expo_robot.transport.sockets import Channel, Pair
 from expo_robot.transport.wire import FieldSpec, Schema, encode
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,6 @@ FRAME = Schema(
     {"t": float},
 )
 SCHEMAS = {"state": STATE, "frame": FRAME}
-
-
-class _Pair(Channel):
-    kind = zmq.PAIR
 
 
 def _payloads() -> dict[str, tuple[dict, dict]]:
@@ -65,7 +61,7 @@ def serve() -> None:
     bare = ctx.socket(zmq.PAIR)
     bare.linger = 0
     bare.bind("tcp://127.0.0.1:*")
-    ours = _Pair("tcp://127.0.0.1:*", SCHEMAS, bind=True, ctx=ctx, name="bench.echo")
+    ours = Pair("tcp://127.0.0.1:*", SCHEMAS, bind=True, ctx=ctx, name="bench.echo")
     freeze_heap()  # as the driver and the actor do once set up
     print(bare.last_endpoint.decode(), ours.sock.last_endpoint.decode(), flush=True)
     poller = zmq.Poller()
@@ -136,7 +132,7 @@ def run(cfg, words: list[str]) -> dict:
         bare = ctx.socket(zmq.PAIR)
         bare.linger = 0
         bare.connect(bare_addr)
-        ours = _Pair(ours_addr, SCHEMAS, bind=False, ctx=ctx, name="bench.client")
+        ours = Pair(ours_addr, SCHEMAS, bind=False, ctx=ctx, name="bench.client")
         socks, payloads = {"bare": bare, "ours": ours}, _payloads()
         freeze_heap()
         samples: dict[str, list[float]] = {}

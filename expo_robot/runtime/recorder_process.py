@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import zmq
 
 from expo_robot.data.dataset_io import FLAGS, DatasetError, EpisodeWriter
 from expo_robot.runtime.scheduling import die_with_parent
-from expo_robot.transport.sockets import Channel
+from expo_robot.transport.sockets import Channel, Pair
 from expo_robot.transport.wire import FieldSpec, Schema
 
 log = logging.getLogger(__name__)
@@ -36,10 +35,6 @@ MAX_PENDING = 64  # ended episodes the child has not saved yet; more means the d
 STATUS = {t: Schema(t, meta={"index": int}) for t in ("ready", "saved", "closed")} | {
     "failed": Schema("failed", meta={"error": str})
 }
-
-
-class _Pair(Channel):
-    kind = zmq.PAIR
 
 
 def episode_schema(state_dim: int, action_dim: int, cameras: dict[str, tuple[int, ...]]) -> dict[str, Schema]:
@@ -85,7 +80,7 @@ class RecorderProcess:
         self._error: str | None = None
         self._closed = False
         self.queued_episodes = self.saved_episodes = 0
-        self._chan = _Pair(
+        self._chan = Pair(
             "tcp://127.0.0.1:*", STATUS, bind=True, hwm=MAX_PENDING, name=f"recorder:{self.root.name}"
         )
         endpoint = self._chan.sock.last_endpoint.decode()
@@ -102,7 +97,7 @@ class RecorderProcess:
         control loop starts, which then never waits for it. Raises DatasetError if the child could not open it."""
         if self._ready:
             return
-        first = self._status(self.start_timeout_s)
+        first = self._chan.recv(self.start_timeout_s)
         if first is None or first.type != "ready":
             error = (
                 first.meta["error"] if first is not None else f"no answer within {self.start_timeout_s:.0f} s"
@@ -162,7 +157,7 @@ class RecorderProcess:
         while (
             self.saved_episodes < self.queued_episodes and self._error is None and time.monotonic() < deadline
         ):
-            self._absorb(self._status(min(0.2, max(0.0, deadline - time.monotonic()))))
+            self._absorb(self._chan.recv(min(0.2, max(0.0, deadline - time.monotonic()))))
         self._raise_if_failed()
         return self.saved_episodes >= self.queued_episodes
 
@@ -181,16 +176,13 @@ class RecorderProcess:
             self._chan.send("close")
             deadline = time.monotonic() + (timeout or 120.0)
             while self._proc.poll() is None and time.monotonic() < deadline:
-                self._absorb(self._status(0.2))
+                self._absorb(self._chan.recv(0.2))
         try:
             self._raise_if_failed()  # (reads the last reports first)
         finally:
             self._stop_child()
 
     # ── status from the child ──────────────────────────────────────────────────
-    def _status(self, timeout_s: float):
-        return self._chan.recv(timeout_s)
-
     def _absorb(self, msg) -> None:
         if msg is None:
             return
@@ -233,7 +225,7 @@ def serve(settings: dict) -> int:
     os.nice(max(0, int(settings.get("nice", 10)) - os.nice(0)))  # saving is never urgent
     features = {k: {**v, "shape": tuple(v["shape"])} for k, v in settings["features"].items()}
     state_dim, action_dim, cams = _dims(features)
-    chan = _Pair(settings["endpoint"], episode_schema(state_dim, action_dim, cams), hwm=MAX_PENDING,
+    chan = Pair(settings["endpoint"], episode_schema(state_dim, action_dim, cams), hwm=MAX_PENDING,
                  name="recorder.child")  # fmt: skip
     try:
         writer = EpisodeWriter(settings["root"], settings["fps"], features, settings["task"],

@@ -246,6 +246,12 @@ class Channel:
         self.close()
 
 
+class Pair(Channel):
+    """PAIR, one peer on each side (a parent and its helper process, a benchmark and its echo)."""
+
+    kind = zmq.PAIR
+
+
 class Publisher(Channel):
     """PUB, binds. Slow subscribers lose messages at the high-water mark instead of stalling the publisher."""
 
