@@ -59,9 +59,8 @@ def apply(runtime_cfg: Mapping[str, Any] | None, role: str) -> dict[str, Any]:
 def _set_nice(role: str, nice: int) -> int:
     try:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
-        if (
-            os.getsid(0) == os.getpid() and AUTOGROUP.exists()
-        ):  # the session (and its group) is this process's
+        leads_its_session = os.getsid(0) == os.getpid()  # then the session's autogroup is this process's
+        if leads_its_session and autogroup_nice() is not None:
             AUTOGROUP.write_text(f"{nice}\n")
     except PermissionError:
         log.warning(
@@ -74,6 +73,16 @@ def _set_nice(role: str, nice: int) -> int:
     except OSError as e:  # no autogroup support, a read-only /proc: the process niceness still holds
         log.debug("%s: autogroup niceness not set: %s", role, e)
     return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def autogroup_nice() -> int | None:
+    """This process's autogroup niceness, or None where the kernel has no autogroups (no file, or an empty one:
+    some containers and kernels booted with `noautogroup`)."""
+    try:
+        fields = AUTOGROUP.read_text().split()  # "/autogroup-406 nice 0"
+        return int(fields[-1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _set_cpus(role: str, cpus: list[int]) -> list[int]:
