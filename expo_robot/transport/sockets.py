@@ -151,8 +151,7 @@ class Channel:
         except TransportError:
             self.sock.close()
             raise
-        self._poller = zmq.Poller()
-        self._poller.register(self.sock, zmq.POLLIN)
+        self._rcvtimeo_ms = self.sock.rcvtimeo
 
     def _setup(self) -> None:
         """Socket options that must be set before bind/connect."""
@@ -181,14 +180,24 @@ class Channel:
         """The next valid message within timeout_s, else None. Invalid ones are counted, logged and skipped."""
         deadline = time.monotonic() + max(0.0, timeout_s)
         while True:
-            remaining = deadline - time.monotonic()
-            if not self._poller.poll(max(0, int(remaining * 1000)) if remaining > 0 else 0):
+            frames = self._recv_frames(deadline)
+            if frames is None:
                 return None
-            msg = self._recv_ready(raise_invalid)
+            msg = self._validate(frames, raise_invalid)
             if msg is not None:
                 return msg
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:  # a flood of bad messages must not hold the caller's loop
                 return None
+
+    def _recv_frames(self, deadline: float) -> list | None:
+        # one blocking receive with ZeroMQ's own timeout: a poll and then a receive cost a second wake-up's work
+        wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        if wait_ms != self._rcvtimeo_ms:
+            self.sock.rcvtimeo = self._rcvtimeo_ms = wait_ms
+        try:
+            return self.sock.recv_multipart(copy=False)
+        except zmq.Again:
+            return None
 
     def drain_latest(self, timeout_s: float = 0.0) -> Message | None:
         """Wait up to timeout_s for a message, then read everything queued; the newest valid one wins."""
@@ -202,11 +211,7 @@ class Channel:
             self.counters["superseded"] += 1
             latest = newer
 
-    def _recv_ready(self, raise_invalid: bool) -> Message | None:
-        try:
-            frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return None
+    def _validate(self, frames: list, raise_invalid: bool) -> Message | None:
         self.counters["received"] += 1
         try:
             msg = decode(frames, self.schema)

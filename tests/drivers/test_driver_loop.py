@@ -3,7 +3,6 @@
 import threading
 import time
 
-import msgpack
 import numpy as np
 import pytest
 from driver_helpers import make_cfg, observer, running_driver, wait_for
@@ -13,7 +12,7 @@ from drivers.server import Driver
 from expo_robot.config import load_config
 from expo_robot.transport import EStopLatchedError, HandshakeError, PeerTimeoutError, RobotClient
 from expo_robot.transport.sockets import Publisher, address, free_tcp_ports
-from expo_robot.transport.wire import Message, encode
+from expo_robot.transport.wire import Message, encode, read_header, write_header
 
 pytestmark = pytest.mark.timeout(60)
 A = np.array([0.1, 0.0, 0.0, 1.0], np.float32)
@@ -198,14 +197,14 @@ def test_handshake_mismatch_names_the_field(tmp_path):
 def test_protocol_version_mismatch_fails_at_handshake(tmp_path):
     cfg = make_cfg(tmp_path)
     frames = encode("spec", meta={"state_dim": 21, "action_dim": 4, "fps": 10.0, "mode": "lockstep"})
-    header = msgpack.unpackb(frames[0])
+    header = read_header(frames[0])
     header["v"] = 99
     with Publisher(address(cfg.runtime, "obs")) as fake_driver:
         stop = threading.Event()
 
         def spam() -> None:
             while not stop.wait(0.02):
-                fake_driver.sock.send_multipart([msgpack.packb(header)])
+                fake_driver.sock.send_multipart([write_header(header)])
 
         t = threading.Thread(target=spam, daemon=True)
         t.start()

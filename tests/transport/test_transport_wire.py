@@ -13,19 +13,17 @@ from expo_robot.transport.wire import (
     WireError,
     decode,
     encode,
+    read_header,
+    write_header,
 )
 
 STATE = Schema("state", {"q": FieldSpec("float32", (7,))}, {"step": int})
 
 
-def header(frames) -> dict:
-    return msgpack.unpackb(frames[0], raw=False)
-
-
 def with_header(frames, **changes) -> list:
-    h = header(frames)
+    h = read_header(frames[0])
     h.update(changes)
-    return [msgpack.packb(h), *frames[1:]]
+    return [write_header(h), *frames[1:]]
 
 
 def test_round_trip_keeps_values_dtypes_and_meta():
@@ -99,6 +97,17 @@ def test_version_mismatch_is_its_own_error():
     frames = with_header(encode("x"), v=PROTOCOL_VERSION + 1)
     with pytest.raises(VersionMismatchError, match="protocol version"):
         decode(frames)
+    protocol_1 = {"type": "x", "v": 1, "seq": 0, "stamp": 0.0, "wall": 0.0, "meta": {}, "fields": []}  # a map
+    with pytest.raises(VersionMismatchError, match="peer speaks protocol version 1"):
+        decode([msgpack.packb(protocol_1)])
+
+
+def test_a_header_reads_as_a_map_and_writes_back():
+    frames = encode("state", {"q": np.ones(7, np.float32)}, {"step": 1}, seq=4, stamp=2.5)
+    h = read_header(frames[0])
+    assert (h["type"], h["seq"], h["stamp"], h["meta"]) == ("state", 4, 2.5, {"step": 1})
+    assert h["fields"] == [["q", "float32", [7]]]
+    assert write_header(h) == frames[0]
 
 
 def test_schema_checks_type_fields_dtype_shape_finite_meta():
@@ -154,10 +163,10 @@ def mutate(frames: list, rng: np.random.Generator) -> list:
     elif kind == 4:  # NaN/Inf in the payload
         frames[-1] = np.full(len(frames[-1]) // 4, rng.choice([np.nan, np.inf]), np.float32).tobytes()
     else:  # header with random types
-        h = msgpack.unpackb(frames[0], raw=False)
+        h = read_header(frames[0])
         key = ["type", "v", "seq", "stamp", "meta", "fields"][int(rng.integers(6))]
-        h[key] = [None, -1, 2**40, "x", {"a": 1}, [[1, 2, 3]], 1e308][int(rng.integers(7))]
-        frames[0] = msgpack.packb(h)
+        h[key] = [None, -1, 2**40, "x", {"a": 1}, [[1, 2, 3]], 1e308, b"\xc1"][int(rng.integers(8))]
+        frames[0] = write_header(h)
     return frames
 
 
@@ -200,3 +209,50 @@ def test_a_cached_layout_never_admits_a_header_that_only_looks_equal():
         decode(nan, STATE)
     huge = encode("state", {"q": np.full(7, 3e38, np.float32)}, {"step": 1})
     assert decode(huge, STATE).arrays["q"][0] == np.float32(3e38)  # finite, though q.q overflows
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},  # as encode wrote it
+        {"stamp": 1e308, "wall": -1e308},  # finite extremes
+        {"stamp": 3, "seq": 2**63 - 1},  # an integer stamp, a big seq
+        {"type": "t" * 64},
+        {"type": "t" * 65},
+        {"seq": True},
+        {"stamp": float("nan")},
+        {"wall": float("-inf")},
+        {"meta": {b"k": 1}},  # a bytes key
+        {"meta": []},
+        {"fields": []},  # not packed
+        {"v": 2.0},
+    ],
+)
+def test_the_fast_header_path_never_accepts_what_the_checked_path_refuses(values):
+    """decode reads a header with msgspec first and, when msgspec refuses it, with the path that names the error."""
+    from expo_robot.transport import wire
+
+    frame = with_header(encode("state", {"q": np.ones(7, np.float32)}, {"step": 1}), **values)[0]
+    try:
+        checked = wire._split_header(wire._unpack_header(frame))
+    except WireError:
+        checked = None
+    try:
+        h = wire._HEADER.decode(frame)
+        fast = (
+            (h.type, h.seq, float(h.stamp), float(h.wall), h.meta, h.fields)
+            if h.v == PROTOCOL_VERSION
+            else None
+        )
+    except Exception:
+        fast = None
+    assert fast is None or fast == checked
+    if checked is not None:
+        assert wire._read_header(frame) == checked
+
+
+def test_numpy_scalars_in_meta_go_as_numbers_and_other_objects_are_refused():
+    msg = decode(encode("x", meta={"t": np.float64(1.5), "n": np.int64(3), "s": np.str_("a")}))
+    assert msg.meta == {"t": 1.5, "n": 3, "s": "a"} and type(msg.meta["t"]) is float
+    with pytest.raises(TypeError, match="cannot go on the wire"):
+        encode("x", meta={"bad": object()})
