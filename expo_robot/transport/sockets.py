@@ -193,7 +193,8 @@ class Channel:
         # one blocking receive with ZeroMQ's own timeout: a poll and then a receive cost a second wake-up's work
         wait_ms = max(0, int((deadline - time.monotonic()) * 1000))
         if wait_ms != self._rcvtimeo_ms:
-            self.sock.rcvtimeo = self._rcvtimeo_ms = wait_ms
+            self.sock.setsockopt(zmq.RCVTIMEO, wait_ms)  # (not `sock.rcvtimeo = `: 7 us against 1 us)
+            self._rcvtimeo_ms = wait_ms
         try:
             return self.sock.recv_multipart(copy=False)
         except zmq.Again:

@@ -62,6 +62,10 @@ _NAME_OF = {np.dtype(n): n for n in ALLOWED_DTYPES}
 _DTYPE = {n: np.dtype(n) for n in ALLOWED_DTYPES}
 
 
+# One validated array: name, dtype, shape (None when 1-D: frombuffer's own), byte count, whether values must be finite.
+_Entry = tuple[str, np.dtype, tuple[int, ...] | None, int, bool]
+
+
 class WireError(ValueError):
     """A received message is malformed or violates its schema. `reason` is a short code for counters."""
 
@@ -194,25 +198,27 @@ def _frame_bytes(frame: Any) -> Any:
     return memoryview(frame.buffer if hasattr(frame, "buffer") else frame).cast("B")
 
 
-def _read_only_array(frame: Any, name: str, dtype: np.dtype, nbytes: int) -> np.ndarray:
-    """A 1-D array on a frame's bytes that nobody can change: a received frame's buffer is writable, so a large one
-    is viewed and marked read-only, a small one copied to bytes (one call instead of two, on every message)."""
-    small_frame = type(frame) is zmq.Frame and nbytes <= _SMALL_FRAME_BYTES
-    buf = frame.bytes if small_frame else _frame_bytes(frame)
+def _array(frame: Any, entry: _Entry, msg_type: str) -> np.ndarray:
+    """The array a frame holds, read-only (a view on the received buffer: copy it before changing it), its size
+    checked against the header and, where the schema asks, its values finite."""
+    name, dtype, shape, nbytes, finite = entry
+    small = type(frame) is zmq.Frame and nbytes <= _SMALL_FRAME_BYTES
+    buf = frame.bytes if small else _frame_bytes(frame)  # (bytes: read-only, and one call instead of two)
     if len(buf) != nbytes:
         raise WireError("buffer_size", f"field '{name[:40]}' has {len(buf)} bytes, header says {nbytes}")
     arr = np.frombuffer(buf, dtype=dtype)
-    if type(buf) is not bytes:  # (bytes are read-only already)
+    if type(buf) is not bytes:  # a received frame's buffer is writable
         arr.flags.writeable = False
-    return arr
+    if finite and not _all_finite(arr):
+        raise WireError("not_finite", f"'{msg_type}.{name}' holds NaN or Inf")
+    return arr if shape is None else arr.reshape(shape)
 
 
-def _all_finite(arr: np.ndarray) -> bool:
+def _all_finite(flat: np.ndarray) -> bool:
     # A sum of finite values is finite unless float64 values overflow it; then check element by element.
     # Small arrays are summed by CPython's own loop: BLAS's dot, cold after each wake-up, took 25 us at p99 here.
-    flat = arr.reshape(-1)
-    total = sum(flat.tolist()) if flat.size <= _SMALL_ARRAY else flat.dot(flat)
-    return math.isfinite(total) or bool(np.isfinite(arr).all())
+    total = sum(flat.tolist()) if len(flat) <= _SMALL_ARRAY else flat.dot(flat)
+    return math.isfinite(total) or bool(np.isfinite(flat).all())
 
 
 def _unpack(raw: Any, reason: str) -> Any:
@@ -293,8 +299,6 @@ def _split_header(header: Any) -> tuple:
     return msg_type, seq, float(stamp), float(wall), meta, fields
 
 
-# One validated array: name, dtype, shape (None when 1-D: frombuffer's own), byte count, whether values must be finite.
-_Entry = tuple[str, np.dtype, tuple[int, ...] | None, int, bool]
 _ANY_TYPE_LAYOUTS: dict = {}  # layouts validated without a schema
 
 
@@ -390,7 +394,8 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 def decode(frames: Sequence[Any], schema: Schema | Mapping[str, Schema] | None = None) -> Message:
-    """Validate and decode frames (bytes or zmq.Frame). Arrays are read-only views on the received buffers.
+    """Validate and decode frames (bytes or zmq.Frame). Arrays are read-only: views on large received buffers,
+    copies of small ones.
 
     schema: one Schema (only that type is accepted), a {type: Schema} map (only those types), or None (any type,
     structure checks only). Raises WireError (VersionMismatchError for another protocol version).
@@ -404,14 +409,7 @@ def decode(frames: Sequence[Any], schema: Schema | Mapping[str, Schema] | None =
     layout = _layout(fields, spec)
     if len(layout) != len(frames) - 1:
         raise WireError("frame_count", f"header lists {len(layout)} arrays, got {len(frames) - 1}")
-    arrays: dict[str, np.ndarray] = {}
-    for (name, dtype, shape, nbytes, finite), frame in zip(layout, frames[1:]):
-        arr = _read_only_array(frame, name, dtype, nbytes)
-        if shape is not None:
-            arr = arr.reshape(shape)
-        if finite and not _all_finite(arr):
-            raise WireError("not_finite", f"'{msg_type}.{name}' holds NaN or Inf")
-        arrays[name] = arr
+    arrays = {entry[0]: _array(frame, entry, msg_type) for entry, frame in zip(layout, frames[1:])}
     if spec is not None:
         _check_meta(msg_type, meta, spec)
     return Message(msg_type, seq, stamp, meta, arrays, wall)
