@@ -18,7 +18,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -337,25 +336,22 @@ def _wait_for_driver(
     cfg: DictConfig, launcher: Launcher | None, timeout_s: float, stop: threading.Event
 ) -> None:
     """Until the driver answers a handshake; fails at once if its process exits (the log says why)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if stop.is_set():
-            raise KeyboardInterrupt  # Ctrl-C while the driver starts: the caller stops it
+
+    def check_driver() -> None:
         proc = launcher.procs["driver"] if launcher is not None else None
         if proc is not None and proc.popen.poll() is not None:
             raise ConnectionError(f"the driver exited with code {proc.popen.returncode}; see {proc.log_path}")
-        probe = RobotClient(cfg.runtime)
-        try:
-            probe.connect(timeout_s=min(2.0, max(0.1, deadline - time.monotonic())))
-            return
-        except PeerTimeoutError:
-            continue
-        finally:
-            probe.close()
-    raise TimeoutError(
-        f"no driver answered within {timeout_s:.0f} s"
-        + (" (eval.start_driver=false: start `expo-robot driver` first)" if launcher is None else "")
-    )
+
+    probe = RobotClient(cfg.runtime)
+    try:
+        probe.connect_when_up(timeout_s, check_driver, stop)
+    except PeerTimeoutError:
+        raise TimeoutError(
+            f"no driver answered within {timeout_s:.0f} s"
+            + (" (eval.start_driver=false: start `expo-robot driver` first)" if launcher is None else "")
+        ) from None
+    finally:
+        probe.close()
 
 
 def _start_driver(cfg: DictConfig, overrides: list[str], run_dir: Path) -> Launcher | None:

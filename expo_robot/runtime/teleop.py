@@ -19,7 +19,6 @@ import multiprocessing
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from expo_robot.config import ConfigError, make_run_dir
 from expo_robot.observe.live import LiveStatus
 from expo_robot.runtime.scheduling import die_with_parent
-from expo_robot.transport.protocol import EStopLatchedError
+from expo_robot.transport.protocol import EStopLatchedError, PeerTimeoutError
 from expo_robot.transport.robot_client import Observation, RobotClient
 
 log = logging.getLogger(__name__)
@@ -136,18 +135,14 @@ class OperatorLoop:
     def __enter__(self) -> OperatorLoop:
         self._proc.start()
         timeout = float(self.cfg.teleop.start_timeout_s)
-        deadline = time.monotonic() + timeout
-        while True:
-            self._check_driver()
-            try:
-                self.client.connect(timeout_s=2.0)
-                break
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    self._stop_driver()
-                    raise TimeoutError(
-                        f"the driver did not start within {timeout:.0f} s; see driver.log"
-                    ) from None
+        try:
+            self.client.connect_when_up(timeout, self._check_driver, self.stop)
+        except PeerTimeoutError:
+            self._stop_driver()
+            raise TimeoutError(f"the driver did not start within {timeout:.0f} s; see driver.log") from None
+        except BaseException:  # (Ctrl-C, a driver that exited): no driver process outlives this
+            self._stop_driver()
+            raise
         self._keys(self.client.latest)  # keys counted before we started are not ours
         return self
 

@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +155,26 @@ class RobotClient:
             f"no robot driver answered at {self.obs_addr} / {self.cmd_addr} within {timeout_s:.1f} s: "
             "start it (`expo-robot driver`) or check runtime.host and the ports"
         )
+
+    def connect_when_up(
+        self,
+        timeout_s: float,
+        check_driver: Callable[[], None] = lambda: None,
+        stop: threading.Event | None = None,
+    ) -> RobotSpec:
+        """`connect`, retried until a driver that is still starting answers (PeerTimeoutError after timeout_s).
+        check_driver raises when the driver's process has exited (its starter knows how to tell); a set `stop`
+        (Ctrl-C) raises KeyboardInterrupt."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt
+            check_driver()
+            try:
+                return self.connect(timeout_s=min(2.0, max(0.1, deadline - time.monotonic())))
+            except PeerTimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
 
     def _open_sockets(self, schema) -> None:
         hwm = int(self.runtime.get("obs_hwm", 1000))

@@ -225,6 +225,40 @@ def test_missing_driver_is_a_timeout_error_not_a_hang():
     assert time.monotonic() - t < 3.0
 
 
+def test_waiting_for_a_starting_driver_connects_late_and_stops_early(tmp_path):
+    """connect_when_up: what `eval` and `record` do while their driver process starts."""
+    cfg = make_cfg(tmp_path)
+    client = RobotClient(cfg.runtime)
+    t = time.monotonic()
+    with pytest.raises(PeerTimeoutError):  # nobody there: the whole wait, then the error
+        client.connect_when_up(0.5)
+    assert 0.5 <= time.monotonic() - t < 3.0
+
+    def exited() -> None:
+        raise ConnectionError("the driver exited with code 1")
+
+    with pytest.raises(ConnectionError, match="exited"):  # the starter saw its process die: at once
+        client.connect_when_up(30, exited)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C while waiting
+        client.connect_when_up(30, stop=stop)
+
+    done = threading.Event()
+
+    def start_late() -> None:
+        time.sleep(1.0)
+        with running_driver(cfg):
+            done.wait(30)
+
+    threading.Thread(target=start_late, daemon=True).start()
+    try:
+        assert client.connect_when_up(30).robot == "fake"
+    finally:
+        done.set()
+        client.close()
+
+
 def test_realtime_step_selection_with_a_fake_clock(tmp_path):
     """Exact pacing: step k is due at t0 + k/fps (+- half a period); past steps are skipped, never replayed."""
     cfg = make_cfg(tmp_path, "robot.mode=realtime")
