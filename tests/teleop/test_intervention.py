@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from expo_robot.data.dataset_io import load_episodes
 from expo_robot.observe.metrics import read_metrics
 from expo_robot.runtime.checkpoint import load_checkpoint
 from expo_robot.transport.sockets import free_tcp_ports
@@ -57,9 +58,23 @@ def test_scripted_takeover_during_finetune_reaches_the_learner(tmp_path):
     n_online = int(online["intervention"].sum())
     assert n_online > 0, "no flagged transition reached the learner"
     assert int(offline["intervention"].sum()) == n_online  # EXPO-FT: each one also joined the offline data
-    # the flagged chunks are the ones that overlap the operator's steps, and they carry its actions
-    flagged_rows = offline["intervention"].astype(bool)
-    assert np.isfinite(offline["actions"][flagged_rows]).all()
+    # the flagged chunks are windows of what the driver executed that overlap the operator's steps, with its
+    # actions: each starts at a state of the actor's recorded episodes (episodes/actor-0, the driver's own flags)
+    recorded = load_episodes(run / "episodes" / "actor-0", images=False)
+    assert sum(int(e.intervention.sum()) for e in recorded) == flagged.sum()
+    at = {e.states[t].tobytes(): (e, t) for e in recorded for t in range(len(e))}
+    rows = np.flatnonzero(online["intervention"])
+    for i in rows:
+        e, t = at[online["obs"][i].tobytes()]
+        h = int(online["steps"][i])
+        np.testing.assert_array_equal(online["actions"][i, :h], e.actions[t : t + h])
+        assert e.intervention[t : t + h].any()
+    unflagged = np.flatnonzero(~online["intervention"].astype(bool))
+    for i in unflagged[:50]:  # and the chunks that are not flagged overlap no operator step
+        e, t = at[online["obs"][i].tobytes()]
+        assert not e.intervention[t : t + int(online["steps"][i])].any()
+    offline_flagged = offline["actions"][offline["intervention"].astype(bool)]
+    np.testing.assert_array_equal(offline_flagged, online["actions"][rows])  # EXPO-FT copies, in order
     learner = [r for r in read_metrics(run, "learner") if "buffer/interventions" in r]
     assert sum(r["buffer/interventions"] for r in learner) == n_online
     row = next(
