@@ -4,7 +4,8 @@ In-process (SimTask, no sockets). Per algorithm and seed: load the scripted-oper
 for the base; RLPD only fits its normaliser), then learn online for `env_steps` simulator steps with one `update()`
 per executed chunk, evaluating success every `eval_every` steps (fixed evaluation seeds, shared by all algorithms)
 and on `final_episodes` episodes at the end. Settings can be overridden: `+bench.env_steps=2000 +bench.seeds=[0,1]`
-`+bench.algorithms=[expo,expo_exact_backup] +bench.plot_name=learning_ablations.png`.
+`+bench.algorithms=[expo,expo_exact_backup] +bench.plot_name=learning_ablations.png`; `+bench.result_name=NAME` writes
+benchmarks/results/NAME.json instead of learning.json (a partial run beside the headline one).
 """
 
 from __future__ import annotations
@@ -353,7 +354,9 @@ def run(cfg: DictConfig, words: list[str], results_dir: Path = Path("benchmarks/
     for name, s in summary.items():
         log.info("%-20s final %.2f  steps_to_0.8 %s  updates/s %s  env steps/s %.1f", name, s["final_success"],
                  s["steps_to_0.8"], s["learner_updates_per_s"], s["env_steps_per_s"])  # fmt: skip
+    named = {"result_name": settings["result_name"]} if settings.get("result_name") else {}
     return {
+        **named,
         "benchmark": "learning",
         "bench_profile": settings["profile"],
         "agent_profile": cfg.profile,

@@ -44,8 +44,9 @@ def test_unknown_profile_is_a_clear_error():
 def test_smoke_run_end_to_end(tmp_path):
     from expo_robot.bench.learning import run
 
-    cfg = load_config(["profile=demo", f"+bench.seed_root={tmp_path / 'seed'}"])
+    cfg = load_config(["profile=demo", f"+bench.seed_root={tmp_path / 'seed'}", "+bench.result_name=partial"])
     doc = run(cfg, ["smoke"], results_dir=tmp_path)
+    assert doc["result_name"] == "partial"  # `expo-robot bench` writes partial.json, not learning.json
     assert set(doc["summary"]) == {"expo", "rlpd", "bc"}
     assert doc["results"]["expo"]["0"]["updates"] > 0 and doc["results"]["bc"]["0"]["updates"] == 0
     assert doc["backup_costs"]["exact"]["cost_ratio_vs_exact"] == 1.0
