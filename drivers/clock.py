@@ -74,7 +74,11 @@ class Deadline:
 
     def __init__(self, period_s: float, clock: MonotonicClock | FakeClock):
         self.period, self.clock = period_s, clock
-        self.next_t = clock.now() + period_s
+        self.restart(clock.now())
+
+    def restart(self, t: float) -> None:
+        """A new grid of ticks at t + k periods (the driver restarts it when an episode starts)."""
+        self.next_t = t + self.period
 
     def remaining(self) -> float:
         return self.next_t - self.clock.now()

@@ -434,6 +434,8 @@ class Driver:
             return
         self.robot_state = self.robot.reset(seed)
         self.state_t = self.clock.now()
+        if self.mode == "realtime":  # ticks start again from the reset, so no step is stamped before it
+            self.deadline.restart(self.state_t)
         self.episode += 1
         self.step = 0
         self.chunk = None

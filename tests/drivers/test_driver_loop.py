@@ -321,6 +321,37 @@ def test_realtime_answer_to_a_slow_step_is_due_at_the_next_tick(tmp_path):
         driver.close()
 
 
+def test_realtime_steps_after_a_slow_reset_are_stamped_after_it(tmp_path):
+    """A reset that ends after a scheduled tick restarts the tick grid: the episode's first step is stamped one period
+    after the reset's observation, never before it (the recorded capture times of an episode only increase)."""
+    cfg = make_cfg(tmp_path, "robot.mode=realtime", "robot.fps=10")
+    clock = FakeClock(100.0)
+    driver = Driver(cfg, clock=clock)
+    driver.open()
+    reset = driver.robot.reset
+
+    def slow_reset(seed):
+        state = reset(seed)
+        clock.advance(0.08)  # ends at 100.13, after the tick scheduled at 100.1
+        return state
+
+    driver.robot.reset = slow_reset
+    try:
+        clock.t = 100.05
+        driver._handle(Message("heartbeat", 0, 0.0, {"client": "c"}, {}))
+        driver._reset_episode(seed=1)
+        reset_t = driver.state_time()
+        assert reset_t == pytest.approx(100.13)
+        meta = {"t0": reset_t + 0.1, "chunk_id": 1, "client": "c"}  # the policy's answer: the next tick
+        driver._handle(Message("chunk", 1, 0.0, meta, {"actions": chunk(4)}))
+        clock.t = max(clock.t, driver.deadline.next_t + 0.002)
+        driver._handle(Message("heartbeat", 0, 0.0, {"client": "c"}, {}))
+        driver.spin_once()
+        assert driver.step == 1 and driver.state_time() == pytest.approx(reset_t + 0.1)
+    finally:
+        driver.close()
+
+
 @pytest.mark.timeout(120)
 def test_panda_in_real_time_paces_steps_at_the_control_rate(tmp_path):
     cfg = make_cfg(tmp_path, "robot=sim_panda", "robot.mode=realtime")
