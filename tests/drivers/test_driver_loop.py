@@ -288,6 +288,17 @@ def test_realtime_step_selection_with_a_fake_clock(tmp_path):
         driver.close()
 
 
+def taking(clock: FakeClock, seconds: float, method):
+    """`method` as a robot whose call takes `seconds` on the fake clock."""
+
+    def slow(*args):
+        result = method(*args)
+        clock.advance(seconds)
+        return result
+
+    return slow
+
+
 def test_realtime_answer_to_a_slow_step_is_due_at_the_next_tick(tmp_path):
     """A step that takes most of a period (a loaded simulator) must not push the policy's answer a tick late: obs.t
     is the scheduled time of the tick that stepped, so t0 = obs.t + 1/fps is the next tick and every tick runs."""
@@ -295,14 +306,7 @@ def test_realtime_answer_to_a_slow_step_is_due_at_the_next_tick(tmp_path):
     clock = FakeClock(100.0)
     driver = Driver(cfg, clock=clock)
     driver.open()
-    send = driver.robot.send
-
-    def slow_send(action):
-        result = send(action)
-        clock.advance(0.07)  # 0.7 of a period
-        return result
-
-    driver.robot.send = slow_send
+    driver.robot.send = taking(clock, 0.07, driver.robot.send)  # 0.7 of a period
     try:
         executed = []
         for tick in range(12):
@@ -328,14 +332,7 @@ def test_realtime_steps_after_a_slow_reset_are_stamped_after_it(tmp_path):
     clock = FakeClock(100.0)
     driver = Driver(cfg, clock=clock)
     driver.open()
-    reset = driver.robot.reset
-
-    def slow_reset(seed):
-        state = reset(seed)
-        clock.advance(0.08)  # ends at 100.13, after the tick scheduled at 100.1
-        return state
-
-    driver.robot.reset = slow_reset
+    driver.robot.reset = taking(clock, 0.08, driver.robot.reset)  # ends at 100.13, after the tick at 100.1
     try:
         clock.t = 100.05
         driver._handle(Message("heartbeat", 0, 0.0, {"client": "c"}, {}))
