@@ -199,8 +199,8 @@ def _frame_bytes(frame: Any) -> Any:
 
 
 def _array(frame: Any, entry: _Entry, msg_type: str) -> np.ndarray:
-    """The array a frame holds, read-only (a view on the received buffer: copy it before changing it), its size
-    checked against the header and, where the schema asks, its values finite."""
+    """The array a frame holds, read-only (a view on a large received buffer, a copy of a small one: copy it before
+    changing it), its size checked against the header and, where the schema asks, its values finite."""
     name, dtype, shape, nbytes, finite = entry
     small = type(frame) is zmq.Frame and nbytes <= _SMALL_FRAME_BYTES
     buf = frame.bytes if small else _frame_bytes(frame)  # (bytes: read-only, and one call instead of two)
