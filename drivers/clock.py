@@ -57,6 +57,10 @@ class LoopStats:
                 self.overruns += 1
         self._prev = now
 
+    def restart(self) -> None:
+        """The tick grid starts again (a reset): the gap across it is the reset's time, not a tick period."""
+        self._prev = None
+
     def summary(self) -> dict:
         n = max(1, self.ticks)
         return {

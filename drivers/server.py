@@ -436,6 +436,7 @@ class Driver:
         self.state_t = self.clock.now()
         if self.mode == "realtime":  # ticks start again from the reset, so no step is stamped before it
             self.deadline.restart(self.state_t)
+        self.loop.restart()
         self.episode += 1
         self.step = 0
         self.chunk = None

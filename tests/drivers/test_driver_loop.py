@@ -349,6 +349,35 @@ def test_realtime_steps_after_a_slow_reset_are_stamped_after_it(tmp_path):
         driver.close()
 
 
+def test_realtime_cadence_counts_no_overrun_across_a_reset(tmp_path):
+    """A reset restarts the tick grid, so the gap from the last tick before it to the first after it is the reset's
+    time plus a period, not a late tick; a tick more than a period late within a grid is still an overrun."""
+    cfg = make_cfg(tmp_path, "robot.mode=realtime", "robot.fps=10")
+    clock = FakeClock(100.0)
+    driver = Driver(cfg, clock=clock)
+    driver.open()
+
+    def tick(late: float = 0.002) -> None:
+        clock.t = driver.deadline.next_t + late
+        driver._handle(Message("heartbeat", 0, 0.0, {"client": "c"}, {}))
+        driver.spin_once()
+
+    try:
+        for _ in range(3):
+            tick(late=0.0)
+        clock.t = (
+            driver.deadline.next_t - 0.001
+        )  # a reset just before a tick: the next one is a period after it
+        driver._reset_episode(seed=1)
+        for _ in range(3):
+            tick()  # the first 0.201 s after the last tick before the reset
+        assert (driver.loop.ticks, driver.loop.overruns) == (4, 0)
+        tick(late=0.15)
+        assert driver.loop.overruns == 1
+    finally:
+        driver.close()
+
+
 @pytest.mark.timeout(120)
 def test_panda_in_real_time_paces_steps_at_the_control_rate(tmp_path):
     cfg = make_cfg(tmp_path, "robot=sim_panda", "robot.mode=realtime")
