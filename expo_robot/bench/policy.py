@@ -119,38 +119,46 @@ def loaded_latency(cfg: DictConfig, agent, spec: AgentSpec, steps: int) -> list[
         proc.join(60)
 
 
+def realtime_command(run: Path, seconds: int, fps: int = 50) -> list[str]:
+    """The fine-tune session the real-time figures come from (demo sizes, no evaluations)."""
+    return [sys.executable, "-m", "expo_robot.cli", "finetune", "session=demo", "profile=demo", "live=off",
+            "robot.mode=realtime", f"robot.fps={fps}", f"session.env_steps={seconds * fps}",
+            "session.eval_episodes=0", f"run_dir={run}"]  # fmt: skip
+
+
+def realtime_figures(run: Path, fps: int) -> dict:
+    """The driver's own cadence figures of a finished real-time session, from its run folder."""
+    records = read_metrics(run)
+    loops = [r for r in records if r.get("source") == "actor" and "driver/ticks" in r]
+    last = loops[-1] if loops else {}
+    ticks, overruns = int(last.get("driver/ticks", 0)), int(last.get("driver/overruns", 0))
+    periods = [
+        r[LOOP_PERIOD_MS] / 1e3 for r in records if r.get("source") == "driver" and LOOP_PERIOD_MS in r
+    ]
+    return {
+        "fps": fps,
+        "ticks": ticks,
+        "overruns": overruns,
+        "overrun_pct": 100.0 * overruns / ticks if ticks else None,
+        "period_ms": last.get("driver/period_ms"),
+        "jitter_ms": last.get("driver/jitter_ms"),
+        "max_jitter_ms": last.get("driver/max_jitter_ms"),
+        # per executed step, from the driver's stamps (>10% late counts here)
+        "step_periods": period_summary(periods, 1.0 / fps) if periods else None,
+    }
+
+
 def realtime_session(seconds: int, fps: int = 50) -> dict:
     """A real-time fine-tune session on the simulated robot; the driver's own cadence figures at the end."""
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "expo_robot.cli", "finetune", "session=demo", "profile=demo", "live=off",
-               "robot.mode=realtime", f"robot.fps={fps}", f"session.env_steps={seconds * fps}",
-               "session.eval_episodes=0", f"run_dir={run}"]  # fmt: skip
+        cmd = realtime_command(run, seconds, fps)
         t0 = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 3 + 600)
         if proc.returncode != 0:
             raise RuntimeError(f"real-time session failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        records = read_metrics(run)
-        loops = [r for r in records if r.get("source") == "actor" and "driver/ticks" in r]
-        last = loops[-1] if loops else {}
-        ticks, overruns = int(last.get("driver/ticks", 0)), int(last.get("driver/overruns", 0))
-        periods = [
-            r[LOOP_PERIOD_MS] / 1e3 for r in records if r.get("source") == "driver" and LOOP_PERIOD_MS in r
-        ]
-        cadence = period_summary(periods, 1.0 / fps) if periods else None
-        return {
-            "fps": fps,
-            "seconds": seconds,
-            "wall_s": time.monotonic() - t0,
-            "ticks": ticks,
-            "overruns": overruns,
-            "overrun_pct": 100.0 * overruns / ticks if ticks else None,
-            "period_ms": last.get("driver/period_ms"),
-            "jitter_ms": last.get("driver/jitter_ms"),
-            "max_jitter_ms": last.get("driver/max_jitter_ms"),
-            "step_periods": cadence,  # per executed step, from the driver's stamps (>10% late counts here)
-            "command": " ".join(cmd[2:]),
-        }
+        figures = realtime_figures(run, fps)
+        return {**figures, "seconds": seconds, "wall_s": time.monotonic() - t0, "command": " ".join(cmd[2:])}
 
 
 def run(cfg: DictConfig, words: list[str]) -> dict:
