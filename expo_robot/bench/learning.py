@@ -57,6 +57,8 @@ VARIANTS = {
         "expo",
         {"select": {"n_backup": 4, "proposal_steps": 4, "proposal_cache_age": 0}},
     ),
+    # half the Euler steps, acting and in the backup: half the base's cost in a policy step
+    "expo_5_euler_steps": ("expo", {"base": {"steps": 5}}),
 }
 EVAL_SEED = 1_000_000  # evaluation episodes use seeds EVAL_SEED + i: the same cubes for every algorithm
 
