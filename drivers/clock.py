@@ -33,19 +33,31 @@ class FakeClock:
 
 @dataclass
 class LoopStats:
-    """Cadence of a fixed-rate loop: measured period, jitter (vs the target), overruns (ticks later than a period)."""
+    """Cadence of a fixed-rate loop: measured period, jitter (vs the target), overruns (ticks later than a period).
+
+    `robot_s` is how long the device's own step took in the previous tick: an overrun after a step longer than a period
+    is the device's (a simulator slower than the rate, a slow bus), counted apart in `robot_overruns`; the others
+    are the stack's (its loop, the processes beside it, the OS).
+    """
 
     target_s: float
     ticks: int = 0
     overruns: int = 0
+    robot_overruns: int = 0
     last_s: float = 0.0
     _sum: float = 0.0
     _sq_err: float = 0.0
     _max_err: float = 0.0
+    _robot_sum: float = 0.0
+    _robot_max: float = 0.0
     _prev: float | None = field(default=None, repr=False)
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, robot_s: float = 0.0) -> None:
         if self._prev is not None:
+            self._robot_sum += robot_s
+            self._robot_max = max(self._robot_max, robot_s)
+            if robot_s > self.target_s and now - self._prev > 2 * self.target_s:
+                self.robot_overruns += 1
             period = now - self._prev
             err = period - self.target_s
             self.ticks += 1
@@ -68,6 +80,9 @@ class LoopStats:
             "jitter_ms": 1000 * (self._sq_err / n) ** 0.5,
             "max_jitter_ms": 1000 * self._max_err,
             "overruns": self.overruns,
+            "robot_overruns": self.robot_overruns,
+            "robot_step_ms": 1000 * self._robot_sum / n,
+            "max_robot_step_ms": 1000 * self._robot_max,
             "ticks": self.ticks,
             "target_ms": 1000 * self.target_s,
         }

@@ -150,6 +150,7 @@ class Driver:
             name="driver.cmd",
         )
         self.loop = LoopStats(1.0 / self.fps)
+        self.robot_s = 0.0  # how long the last robot.send took
         self.deadline = Deadline(1.0 / self.fps, self.clock)
         self._reset_episode(self.cfg.get("seed"))
         freeze_heap()
@@ -206,7 +207,8 @@ class Driver:
                 return
             self.tick_t = self.deadline.next_t
             self.deadline.advance()
-            self.loop.tick(self.clock.now())
+            self.loop.tick(self.clock.now(), self.robot_s)
+            self.robot_s = 0.0
         else:
             due = self.chunk is not None and self._due_index(self.chunk) is not None
             # nothing due: sleep in the poller (a command wakes it at once) but wake for the watchdog, and for
@@ -345,7 +347,9 @@ class Driver:
             self.counters["steps_refused"] += 1
             self._publish(fresh=False)
             return False
+        sent_at = self.clock.now()
         result = self.robot.send(action)
+        self.robot_s = self.clock.now() - sent_at  # the device's own share of the tick (LoopStats)
         self.state_t = self.tick_t
         self.step += 1
         if self.mode == "lockstep":

@@ -5,7 +5,8 @@ select), encode the chunk message. Measured idle, then with a learner training i
 (the fine-tune session's situation on a 2-core machine), and on the GPU when there is one; then the same with one
 96x96 camera (the image encoder's forward pass added). Then a real-time session
 (`expo-robot finetune robot.mode=realtime robot.fps=50`) whose driver reports its loop cadence: overruns are ticks
-that came more than a period late.
+that came more than a period late, split into those after a robot step (here the simulator's) longer than a period
+and the rest (the stack's).
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ def realtime_figures(run: Path, fps: int) -> dict:
     loops = [r for r in records if r.get("source") == "actor" and "driver/ticks" in r]
     last = loops[-1] if loops else {}
     ticks, overruns = int(last.get("driver/ticks", 0)), int(last.get("driver/overruns", 0))
+    robot_overruns = int(last.get("driver/robot_overruns", 0))
     periods = [
         r[LOOP_PERIOD_MS] / 1e3 for r in records if r.get("source") == "driver" and LOOP_PERIOD_MS in r
     ]
@@ -140,6 +142,11 @@ def realtime_figures(run: Path, fps: int) -> dict:
         "ticks": ticks,
         "overruns": overruns,
         "overrun_pct": 100.0 * overruns / ticks if ticks else None,
+        # after a tick whose robot step alone took longer than a period (the simulator, not the stack)
+        "robot_overruns": robot_overruns,
+        "stack_overrun_pct": 100.0 * (overruns - robot_overruns) / ticks if ticks else None,
+        "robot_step_ms": last.get("driver/robot_step_ms"),
+        "max_robot_step_ms": last.get("driver/max_robot_step_ms"),
         "period_ms": last.get("driver/period_ms"),
         "jitter_ms": last.get("driver/jitter_ms"),
         "max_jitter_ms": last.get("driver/max_jitter_ms"),
@@ -199,6 +206,8 @@ def run(cfg: DictConfig, words: list[str]) -> dict:
             "realtime_fps": figures["realtime"]["fps"],
             "realtime_seconds": figures["realtime"]["seconds"],
             "overrun_pct": figures["realtime"]["overrun_pct"],
+            "stack_overrun_pct": figures["realtime"]["stack_overrun_pct"],
+            "robot_step_ms": figures["realtime"]["robot_step_ms"],
             "executed_rate_hz": (figures["realtime"]["step_periods"] or {}).get("rate_hz"),
         }
     if "gpu" in figures:

@@ -73,6 +73,18 @@ def _loop_rows(loop: Mapping | None) -> list[list[str]]:
     ]
 
 
+def _driver_rows(loop: Mapping | None) -> list[list[str]]:
+    """The driver's tick overruns, split: after a robot step longer than a period (the device's) and the rest."""
+    if not loop or not loop.get("ticks") or "robot_overruns" not in loop:
+        return []
+    ticks, late, robot = int(loop["ticks"]), int(loop["overruns"]), int(loop["robot_overruns"])
+    return [
+        ["driver ticks > a period late", f"{late} of {ticks} ({100 * late / ticks:.2f}%): {robot} after a robot "
+         f"step longer than a period, {late - robot} ({100 * (late - robot) / ticks:.2f}%) the stack's"],
+        ["robot step mean / max", f"{loop['robot_step_ms']:.2f} ms / {loop['max_robot_step_ms']:.2f} ms"],
+    ]  # fmt: skip
+
+
 def _latency_rows(lat: Mapping | None) -> list[list[str]]:
     if not lat or not lat.get("n"):
         return [["policy step latency", "not recorded"]]
@@ -132,7 +144,11 @@ def _session_section(s: Mapping) -> list[str]:
         ["replay buffer", f"{s.get('buffer_size', 'n/a')} transitions"],
         ["operator interventions", f"{_pct(s.get('intervention_rate'))} of steps"],
     ]
-    timing = _loop_rows(s.get("loop")) + _latency_rows(s.get("policy_latency"))
+    timing = (
+        _loop_rows(s.get("loop"))
+        + _driver_rows(s.get("driver_loop"))
+        + _latency_rows(s.get("policy_latency"))
+    )
     events = s.get("safety_events") or {}
     safety = _table(["reason", "count"], sorted(events.items())) if events else ["None recorded.", ""]
     return ["## Session", "", *_table(["", ""], rows), "## Timing", "", *_table(["", ""], timing),

@@ -156,5 +156,14 @@ def summarize_finetune(
         "buffer_size": int(buffer[-1]) if buffer else 0,
         "loop": period_summary(np.asarray(periods) / 1e3, target_period_s) if periods else None,
         "policy_latency": latency_summary(latencies) if latencies else None,
+        "driver_loop": _driver_loop(records),
         "safety_events": dict(safety.most_common()),
     }
+
+
+def _driver_loop(records: Sequence[Mapping]) -> dict | None:
+    """The driver's own tick cadence as the actor last relayed it (real time: late ticks, the robot step's time)."""
+    last = next((r for r in reversed(records) if "driver/ticks" in r), None)
+    if last is None:
+        return None
+    return {k.removeprefix("driver/"): last[k] for k in last if k.startswith("driver/")}

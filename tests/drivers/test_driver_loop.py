@@ -378,6 +378,34 @@ def test_realtime_cadence_counts_no_overrun_across_a_reset(tmp_path):
         driver.close()
 
 
+def test_realtime_overruns_after_a_robot_step_longer_than_a_period_are_the_robots(tmp_path):
+    """The driver times the device's own step: an overrun after a step that alone took longer than a period is the
+    robot's (counted in robot_overruns too); a tick late for any other reason is the stack's."""
+    cfg = make_cfg(tmp_path, "robot.mode=realtime", "robot.fps=10")
+    clock = FakeClock(100.0)
+    driver = Driver(cfg, clock=clock)
+    driver.open()
+    send = driver.robot.send
+    try:
+        for i in range(8):
+            # tick 6 comes late although the robot was quick
+            clock.t = max(clock.t, driver.deadline.next_t + (0.15 if i == 6 else 0.002))
+            driver._handle(Message("heartbeat", 0, 0.0, {"client": "c"}, {}))
+            if i == 0:
+                meta = {"t0": driver.state_time() + 0.1, "chunk_id": 1, "client": "c"}
+                driver._handle(Message("chunk", 1, 0.0, meta, {"actions": chunk(8)}))
+            driver.robot.send = taking(clock, 0.25 if i == 3 else 0.01, send)  # step 3 takes 2.5 periods
+            driver.spin_once()
+        loop = driver.loop.summary()
+        assert (
+            driver.step == 6 and driver.counters["steps_skipped"] == 2
+        )  # each overrun lost a step of the chunk
+        assert (loop["overruns"], loop["robot_overruns"]) == (2, 1)
+        assert loop["max_robot_step_ms"] == pytest.approx(250.0)
+    finally:
+        driver.close()
+
+
 @pytest.mark.timeout(120)
 def test_panda_in_real_time_paces_steps_at_the_control_rate(tmp_path):
     cfg = make_cfg(tmp_path, "robot=sim_panda", "robot.mode=realtime")

@@ -100,6 +100,14 @@ def test_finetune_summary_and_report_from_metrics(tmp_path):
         log.log(300, "driver", **{"safety/event": "workspace"})
         log.log(310, "driver", **{"safety/event": "estop"})
         log.log(500, "eval", **{"eval/successes": 9, "eval/episodes": 10})
+        driver = {
+            "ticks": 5000,
+            "overruns": 12,
+            "robot_overruns": 10,
+            "robot_step_ms": 9.5,
+            "max_robot_step_ms": 41.0,
+        }
+        log.log(500, "actor", **{f"driver/{k}": v for k, v in driver.items()})
     s = summarize_finetune(read_metrics(tmp_path), target_period_s=0.1)
     assert s["env_steps"] == 500 and s["episodes"] == 10
     assert s["success_before"] == {"step": 0, **rate(4, 10)} and s["success_after"] == {
@@ -111,6 +119,7 @@ def test_finetune_summary_and_report_from_metrics(tmp_path):
     assert s["learner_updates"] == 1000 and s["buffer_size"] == 1500
     assert s["safety_events"] == {"workspace": 2, "estop": 1}
     assert s["loop"]["rate_hz"] == pytest.approx(10.0) and s["policy_latency"]["p50_ms"] == 2.0
+    assert s["driver_loop"] == driver
 
     path = write_finetune_report(tmp_path, {"command": "expo-robot finetune seed=1", "task": "pick_cube",
                                             "agent": "expo", "target_period_s": 0.1, "checkpoints": "ckpt/last",
@@ -121,6 +130,12 @@ def test_finetune_summary_and_report_from_metrics(tmp_path):
     assert "+50.0 points" in text
     assert "| workspace | 2 |" in text and "| estop | 1 |" in text
     assert "| control rate | 10.00 Hz (target period 100.0 ms) |" in text
+    assert (
+        "| driver ticks > a period late | 12 of 5000 (0.24%): 10 after a robot step longer than a period, "
+        "2 (0.04%) the stack's |"
+        in text
+        and "| robot step mean / max | 9.50 ms / 41.00 ms |" in text
+    )
     assert "`ckpt/last`" in text and "| agent.utd | 2 |" in text and "`finetune.png`" in text
     assert (tmp_path / "finetune.png").stat().st_size > 50_000
     assert json.loads((tmp_path / "report.json").read_text())["success_after"]["successes"] == 9
