@@ -121,10 +121,11 @@ def loaded_latency(cfg: DictConfig, agent, spec: AgentSpec, steps: int) -> list[
 
 
 def realtime_command(run: Path, seconds: int, fps: int = 50) -> list[str]:
-    """The fine-tune session the real-time figures come from (demo sizes, no evaluations)."""
+    """The fine-tune session the real-time figures come from (demo sizes, no evaluations), its driver under the
+    real-time policy as on a robot's computer (where that is not allowed, the driver says so and runs without)."""
     return [sys.executable, "-m", "expo_robot.cli", "finetune", "session=demo", "profile=demo", "live=off",
             "robot.mode=realtime", f"robot.fps={fps}", f"session.env_steps={seconds * fps}",
-            "session.eval_episodes=0", f"run_dir={run}"]  # fmt: skip
+            "session.eval_episodes=0", "runtime.scheduling.driver.fifo_priority=50", f"run_dir={run}"]  # fmt: skip
 
 
 def realtime_figures(run: Path, fps: int) -> dict:

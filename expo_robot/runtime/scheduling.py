@@ -8,12 +8,16 @@ or a policy step. Each process sets its own priority when it starts, from `runti
   process in a session of its own, so a session leader also writes the value to its autogroup: niceness alone would
   not rank it against the other processes. Processes started from one shell share its session; there niceness alone
   ranks them.
+- `fifo_priority`: 1-99 runs the process under SCHED_FIFO, Linux's real-time policy (ahead of every normal process:
+  no time slice of a learner, a recorder or another program can delay a tick); null for the normal policy. Off by
+  default; for the driver on a robot's computer. A FIFO loop that cannot keep its rate takes its core whole: Linux
+  keeps 5% of each second for everything else (sched_rt_runtime_us).
 - `cpus`: CPU ids to pin the process to, or null for any.
 - `switch_interval_s`: how long a Python thread may hold the interpreter while another waits for it (Python's
   default 5 ms). A control loop shares its process with helper threads (heartbeats, the episode writer); each time
   its graph or a socket call hands the interpreter to one of them, it may wait this long to get it back.
 
-Raising a priority (a negative nice) needs root or CAP_SYS_NICE; without it the process says so once and runs at its
+Raising a priority (a negative nice, a FIFO priority) needs root or CAP_SYS_NICE (or an rtprio limit); without it the process says so once and runs at its
 current priority. Lowering one always works.
 
 A control loop also must not stop for Python's garbage collector: `freeze_heap` takes what a process built at start
@@ -46,6 +50,8 @@ def apply(runtime_cfg: Mapping[str, Any] | None, role: str) -> dict[str, Any]:
     applied: dict[str, Any] = {}
     if want.get("nice") is not None:
         applied["nice"] = _set_nice(role, int(want["nice"]))
+    if want.get("fifo_priority") is not None:
+        applied["fifo_priority"] = _set_fifo(role, int(want["fifo_priority"]))
     if want.get("cpus") is not None:
         applied["cpus"] = _set_cpus(role, [int(c) for c in want["cpus"]])
     if want.get("switch_interval_s") is not None:
@@ -73,6 +79,25 @@ def _set_nice(role: str, nice: int) -> int:
     except OSError as e:  # no autogroup support, a read-only /proc: the process niceness still holds
         log.debug("%s: autogroup niceness not set: %s", role, e)
     return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _set_fifo(role: str, priority: int) -> int | None:
+    """SCHED_FIFO at `priority` for this thread and the threads it starts; None (and a warning) where not allowed."""
+    lo, hi = os.sched_get_priority_min(os.SCHED_FIFO), os.sched_get_priority_max(os.SCHED_FIFO)
+    if not lo <= priority <= hi:
+        raise ValueError(
+            f"runtime.scheduling.{role}.fifo_priority={priority} must be in {lo}..{hi} (or null)"
+        )
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except PermissionError:
+        log.warning(
+            "%s: cannot run under SCHED_FIFO (needs root, CAP_SYS_NICE or an rtprio limit); running under the "
+            "normal policy",
+            role,
+        )
+        return None
+    return os.sched_getparam(0).sched_priority
 
 
 def autogroup_nice() -> int | None:

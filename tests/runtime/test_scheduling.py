@@ -1,5 +1,6 @@
 """Each process sets its own scheduling from runtime.scheduling: niceness (and its autogroup's when it leads its
-session, as the launcher's processes do) and CPU pinning; a missing privilege is a warning, a wrong CPU an error."""
+session, as the launcher's processes do), the real-time policy and CPU pinning; a missing privilege is a warning, a
+wrong CPU or priority an error."""
 
 import json
 import logging
@@ -17,7 +18,7 @@ from expo_robot.runtime import scheduling
 applied = scheduling.apply(json.loads(sys.argv[1]), sys.argv[2])
 group = scheduling.autogroup_nice()
 print(json.dumps({"applied": applied, "nice": os.getpriority(os.PRIO_PROCESS, 0), "group": group,
-                  "cpus": sorted(os.sched_getaffinity(0))}))
+                  "cpus": sorted(os.sched_getaffinity(0)), "policy": os.sched_getscheduler(0)}))
 """
 
 
@@ -72,3 +73,28 @@ def test_no_privilege_to_raise_a_priority_is_a_warning_not_a_failure(monkeypatch
         applied = scheduling.apply({"scheduling": {"driver": {"nice": -10}}}, "driver")
     assert applied == {"nice": os.getpriority(os.PRIO_PROCESS, 0)}
     assert "cannot set niceness -10" in caplog.text and "CAP_SYS_NICE" in caplog.text
+
+
+def test_a_fifo_priority_puts_the_process_under_the_real_time_policy():
+    got = _child({"scheduling": {"driver": {"fifo_priority": 10}}}, "driver", new_session=True)
+    if got["applied"]["fifo_priority"] is None:  # no privilege here (the warning is tested below)
+        assert got["policy"] == os.SCHED_OTHER
+    else:
+        assert got["applied"]["fifo_priority"] == 10 and got["policy"] == os.SCHED_FIFO
+    assert (
+        _child({"scheduling": {"driver": {"nice": 0}}}, "driver", new_session=True)["policy"]
+        == os.SCHED_OTHER
+    )
+
+
+def test_fifo_without_privilege_is_a_warning_and_a_wrong_priority_an_error(monkeypatch, caplog):
+    with pytest.raises(ValueError, match=r"fifo_priority=100 must be in 1..99"):
+        scheduling.apply({"scheduling": {"driver": {"fifo_priority": 100}}}, "driver")
+
+    def refuse(*_):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    with caplog.at_level(logging.WARNING):
+        applied = scheduling.apply({"scheduling": {"driver": {"fifo_priority": 50}}}, "driver")
+    assert applied == {"fifo_priority": None} and "cannot run under SCHED_FIFO" in caplog.text
