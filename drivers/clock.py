@@ -56,8 +56,6 @@ class LoopStats:
         if self._prev is not None:
             self._robot_sum += robot_s
             self._robot_max = max(self._robot_max, robot_s)
-            if robot_s > self.target_s and now - self._prev > 2 * self.target_s:
-                self.robot_overruns += 1
             period = now - self._prev
             err = period - self.target_s
             self.ticks += 1
@@ -67,6 +65,7 @@ class LoopStats:
             self._max_err = max(self._max_err, abs(err))
             if err > self.target_s:
                 self.overruns += 1
+                self.robot_overruns += int(robot_s > self.target_s)
         self._prev = now
 
     def restart(self) -> None:
