@@ -35,7 +35,8 @@ class FakeClock:
 class LoopStats:
     """Cadence of a fixed-rate loop: measured period, jitter (vs the target), overruns (ticks later than a period).
 
-    `robot_s` is how long the device's own step took in the previous tick: an overrun after a step longer than a period
+    `robot_s` is how long the device's own step took in the previous tick (None: no step): an overrun after a step longer
+    than a period
     is the device's (a simulator slower than the rate, a slow bus), counted apart in `robot_overruns`; the others
     are the stack's (its loop, the processes beside it, the OS).
     """
@@ -49,13 +50,16 @@ class LoopStats:
     _sq_err: float = 0.0
     _max_err: float = 0.0
     _robot_sum: float = 0.0
+    _robot_steps: int = 0
     _robot_max: float = 0.0
     _prev: float | None = field(default=None, repr=False)
 
-    def tick(self, now: float, robot_s: float = 0.0) -> None:
+    def tick(self, now: float, robot_s: float | None = None) -> None:
         if self._prev is not None:
-            self._robot_sum += robot_s
-            self._robot_max = max(self._robot_max, robot_s)
+            if robot_s is not None:
+                self._robot_steps += 1
+                self._robot_sum += robot_s
+                self._robot_max = max(self._robot_max, robot_s)
             period = now - self._prev
             err = period - self.target_s
             self.ticks += 1
@@ -65,7 +69,7 @@ class LoopStats:
             self._max_err = max(self._max_err, abs(err))
             if err > self.target_s:
                 self.overruns += 1
-                self.robot_overruns += int(robot_s > self.target_s)
+                self.robot_overruns += int(robot_s is not None and robot_s > self.target_s)
         self._prev = now
 
     def restart(self) -> None:
@@ -80,7 +84,7 @@ class LoopStats:
             "max_jitter_ms": 1000 * self._max_err,
             "overruns": self.overruns,
             "robot_overruns": self.robot_overruns,
-            "robot_step_ms": 1000 * self._robot_sum / n,
+            "robot_step_ms": 1000 * self._robot_sum / max(1, self._robot_steps),  # per step, not per tick
             "max_robot_step_ms": 1000 * self._robot_max,
             "ticks": self.ticks,
             "target_ms": 1000 * self.target_s,

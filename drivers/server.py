@@ -150,7 +150,9 @@ class Driver:
             name="driver.cmd",
         )
         self.loop = LoopStats(1.0 / self.fps)
-        self.robot_s = 0.0  # how long the last robot.send took
+        self.robot_s: float | None = (
+            None  # how long the last robot.send took (None: no step since the last tick)
+        )
         self.deadline = Deadline(1.0 / self.fps, self.clock)
         self._reset_episode(self.cfg.get("seed"))
         freeze_heap()
@@ -208,7 +210,7 @@ class Driver:
             self.tick_t = self.deadline.next_t
             self.deadline.advance()
             self.loop.tick(self.clock.now(), self.robot_s)
-            self.robot_s = 0.0
+            self.robot_s = None
         else:
             due = self.chunk is not None and self._due_index(self.chunk) is not None
             # nothing due: sleep in the poller (a command wakes it at once) but wake for the watchdog, and for

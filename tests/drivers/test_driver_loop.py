@@ -402,6 +402,9 @@ def test_realtime_overruns_after_a_robot_step_longer_than_a_period_are_the_robot
         )  # each overrun lost a step of the chunk
         assert (loop["overruns"], loop["robot_overruns"]) == (2, 1)
         assert loop["max_robot_step_ms"] == pytest.approx(250.0)
+        assert loop["robot_step_ms"] == pytest.approx(
+            1000 * (0.25 + 5 * 0.01) / 6
+        )  # per step: held ticks left out
     finally:
         driver.close()
 
