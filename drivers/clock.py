@@ -35,16 +35,21 @@ class FakeClock:
 class LoopStats:
     """Cadence of a fixed-rate loop: measured period, jitter (vs the target), overruns (ticks later than a period).
 
-    `robot_s` is how long the device's own step took in the previous tick (None: no step): an overrun after a step longer
-    than a period
-    is the device's (a simulator slower than the rate, a slow bus), counted apart in `robot_overruns`; the others
-    are the stack's (its loop, the processes beside it, the OS).
+    Each overrun is put down to one cause, from what the loop timed itself:
+    - `robot_overruns`: the device's own step in the previous tick (`robot_s`; None: no step) took longer than a
+      period (a simulator slower than the rate, a slow bus);
+    - `wakeup_overruns`: the loop was idle, waiting for its tick, and ran more than a period after it was due
+      (`wakeup_late_s`): the CPU was not given to it. Under the normal policy that can be any process beside it;
+      under SCHED_FIFO only the kernel (its real-time throttling, interrupts) or the host (a virtual machine's
+      stolen time);
+    - the rest: the loop's own work (handling commands, the safety filter, publishing).
     """
 
     target_s: float
     ticks: int = 0
     overruns: int = 0
     robot_overruns: int = 0
+    wakeup_overruns: int = 0
     last_s: float = 0.0
     _sum: float = 0.0
     _sq_err: float = 0.0
@@ -52,14 +57,16 @@ class LoopStats:
     _robot_sum: float = 0.0
     _robot_steps: int = 0
     _robot_max: float = 0.0
+    _wakeup_max: float = 0.0
     _prev: float | None = field(default=None, repr=False)
 
-    def tick(self, now: float, robot_s: float | None = None) -> None:
+    def tick(self, now: float, robot_s: float | None = None, wakeup_late_s: float = 0.0) -> None:
         if self._prev is not None:
             if robot_s is not None:
                 self._robot_steps += 1
                 self._robot_sum += robot_s
                 self._robot_max = max(self._robot_max, robot_s)
+            self._wakeup_max = max(self._wakeup_max, wakeup_late_s)
             period = now - self._prev
             err = period - self.target_s
             self.ticks += 1
@@ -69,7 +76,10 @@ class LoopStats:
             self._max_err = max(self._max_err, abs(err))
             if err > self.target_s:
                 self.overruns += 1
-                self.robot_overruns += int(robot_s is not None and robot_s > self.target_s)
+                if robot_s is not None and robot_s > self.target_s:
+                    self.robot_overruns += 1
+                elif wakeup_late_s > self.target_s:
+                    self.wakeup_overruns += 1
         self._prev = now
 
     def restart(self) -> None:
@@ -86,6 +96,8 @@ class LoopStats:
             "robot_overruns": self.robot_overruns,
             "robot_step_ms": 1000 * self._robot_sum / max(1, self._robot_steps),  # per step, not per tick
             "max_robot_step_ms": 1000 * self._robot_max,
+            "wakeup_overruns": self.wakeup_overruns,
+            "max_wakeup_late_ms": 1000 * self._wakeup_max,
             "ticks": self.ticks,
             "target_ms": 1000 * self.target_s,
         }

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -153,6 +154,11 @@ class Driver:
         self.robot_s: float | None = (
             None  # how long the last robot.send took (None: no step since the last tick)
         )
+        self._handled_s = 0.0  # time spent handling commands since the last tick
+        self._idle_since = -math.inf  # when the last tick's work ended
+        self.fifo_priority = os.sched_getparam(
+            0
+        ).sched_priority  # 0: the normal policy (runtime/scheduling.py)
         self.deadline = Deadline(1.0 / self.fps, self.clock)
         self._reset_episode(self.cfg.get("seed"))
         freeze_heap()
@@ -207,10 +213,13 @@ class Driver:
             self._watch()
             if self.deadline.remaining() > 0:
                 return
+            now = self.clock.now()
             self.tick_t = self.deadline.next_t
             self.deadline.advance()
-            self.loop.tick(self.clock.now(), self.robot_s)
-            self.robot_s = None
+            # how long after the loop was free to tick (due, the last tick's work done, commands handled) it ran
+            wakeup_late_s = now - max(self.tick_t, self._idle_since) - self._handled_s
+            self.loop.tick(now, self.robot_s, wakeup_late_s)
+            self.robot_s, self._handled_s = None, 0.0
         else:
             due = self.chunk is not None and self._due_index(self.chunk) is not None
             # nothing due: sleep in the poller (a command wakes it at once) but wake for the watchdog, and for
@@ -222,13 +231,18 @@ class Driver:
                 idle_s = min(idle_s, max(next_read, 0.0) if self.takeover else 1.0 / self.fps)
             self._pump(0.0 if due and self.monitor.state == "ok" else idle_s)
         self._tick()
+        self._idle_since = self.clock.now()
 
     def _pump(self, wait_s: float) -> None:
         """Wait up to wait_s for a command, then handle everything queued (all of it: an e-stop is never superseded)."""
         msg = self.inbox.recv(max(0.0, wait_s))
+        if msg is None:
+            return
+        t = self.clock.now()
         while msg is not None:
             self._handle(msg)
             msg = self.inbox.recv(0.0)
+        self._handled_s += self.clock.now() - t  # the loop's own work between ticks (LoopStats)
 
     def _watch(self) -> str | None:
         """Run the watchdog on the wall clock; a change is acted on and published at once."""
@@ -474,7 +488,7 @@ class Driver:
             "fresh": fresh,
             "intervention": False,  # a teleop takeover; safety changes are in safety.reasons
             "safety": safety,
-            "loop": {"mode": self.mode, **self.loop.summary()},
+            "loop": {"mode": self.mode, "fifo_priority": self.fifo_priority, **self.loop.summary()},
             "counters": {**self.counters, **{f"inbox.{k}": v for k, v in self.inbox.stats().items()}},
             **self.last_result,
         }

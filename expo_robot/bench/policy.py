@@ -5,14 +5,15 @@ select), encode the chunk message. Measured idle, then with a learner training i
 (the fine-tune session's situation on a 2-core machine), and on the GPU when there is one; then the same with one
 96x96 camera (the image encoder's forward pass added). Then a real-time session
 (`expo-robot finetune robot.mode=realtime robot.fps=50`) whose driver reports its loop cadence: overruns are ticks
-that came more than a period late, split into those after a robot step (here the simulator's) longer than a period
-and the rest (the stack's).
+that came more than a period late, split into those after a robot step (here the simulator's) longer than a period,
+late wake-ups of the idle loop, and the loop's own work (realtime_figures says which of them are the stack's).
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import subprocess
 import sys
 import tempfile
@@ -32,11 +33,12 @@ from expo_robot.runtime.scheduling import freeze_heap
 from expo_robot.transport.protocol import image_field, obs_schema
 from expo_robot.transport.wire import decode, encode
 
-# latency: the policy-step figures of `full` alone (no real-time session), to policy_latency.json
+# latency / realtime: the two parts of `full` alone, to policy_latency.json / policy_realtime.json
 PROFILES = {
     "quick": {"steps": 1000, "realtime_s": 60},
     "full": {"steps": 5000, "realtime_s": 600},
-    "latency": {"steps": 5000, "realtime_s": 0},
+    "latency": {"steps": 5000, "realtime_s": 0, "result_name": "policy_latency"},
+    "realtime": {"steps": 0, "realtime_s": 600, "result_name": "policy_realtime"},
 }
 STATE_DIM = 21  # the default robot (gym-hil Panda): 18 robot values + 3 cube position
 CAMERA = {"front": (96, 96, 3)}  # one camera, the size of configs/cameras/sim.yaml
@@ -135,6 +137,12 @@ def realtime_figures(run: Path, fps: int) -> dict:
     last = loops[-1] if loops else {}
     ticks, overruns = int(last.get("driver/ticks", 0)), int(last.get("driver/overruns", 0))
     robot_overruns = int(last.get("driver/robot_overruns", 0))
+    wakeup_overruns = int(last.get("driver/wakeup_overruns", 0))
+    fifo = int(last.get("driver/fifo_priority", 0))
+    # The stack's: the driver loop's own work, and under the normal policy also its late wake-ups (the actor and
+    # learner may hold the CPU). Under SCHED_FIFO no process of the stack can: a late wake-up is the kernel's
+    # (real-time throttling, interrupts) or the host's (stolen time).
+    stack_overruns = overruns - robot_overruns - (wakeup_overruns if fifo else 0)
     periods = [
         r[LOOP_PERIOD_MS] / 1e3 for r in records if r.get("source") == "driver" and LOOP_PERIOD_MS in r
     ]
@@ -145,7 +153,12 @@ def realtime_figures(run: Path, fps: int) -> dict:
         "overrun_pct": 100.0 * overruns / ticks if ticks else None,
         # after a tick whose robot step alone took longer than a period (the simulator, not the stack)
         "robot_overruns": robot_overruns,
-        "stack_overrun_pct": 100.0 * (overruns - robot_overruns) / ticks if ticks else None,
+        # the idle loop ran more than a period after its tick was due
+        "wakeup_overruns": wakeup_overruns,
+        "max_wakeup_late_ms": last.get("driver/max_wakeup_late_ms"),
+        "driver_fifo_priority": fifo,
+        "stack_overruns": stack_overruns,
+        "stack_overrun_pct": 100.0 * stack_overruns / ticks if ticks else None,
         "robot_step_ms": last.get("driver/robot_step_ms"),
         "max_robot_step_ms": last.get("driver/max_robot_step_ms"),
         "period_ms": last.get("driver/period_ms"),
@@ -161,12 +174,26 @@ def realtime_session(seconds: int, fps: int = 50) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         cmd = realtime_command(run, seconds, fps)
-        t0 = time.monotonic()
+        t0, steal0 = time.monotonic(), host_steal_s()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 3 + 600)
         if proc.returncode != 0:
             raise RuntimeError(f"real-time session failed ({proc.returncode}): {proc.stderr[-2000:]}")
         figures = realtime_figures(run, fps)
-        return {**figures, "seconds": seconds, "wall_s": time.monotonic() - t0, "command": " ".join(cmd[2:])}
+        steal = host_steal_s()
+        return {**figures, "seconds": seconds, "wall_s": time.monotonic() - t0, "command": " ".join(cmd[2:]),
+                # CPU time a virtual machine's host took from it during the session (all CPUs)
+                "host_steal_s": steal - steal0 if steal is not None and steal0 is not None else None}  # fmt: skip
+
+
+def host_steal_s() -> float | None:
+    """Seconds of CPU time the host has taken from this virtual machine since boot (Linux /proc/stat), or None."""
+    try:
+        fields = (
+            Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        )  # cpu user nice system idle ... steal
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def run(cfg: DictConfig, words: list[str]) -> dict:
@@ -174,32 +201,10 @@ def run(cfg: DictConfig, words: list[str]) -> dict:
     if profile not in PROFILES:
         raise ValueError(f"bench policy: unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
     p = PROFILES[profile]
-    scheduling_applied = scheduling.apply(cfg.runtime, "actor")  # as a session's actor: priority, threads
-    torch.set_num_threads(1)
-    agent, spec = _agent(cfg, "cpu")
-    freeze_heap()  # as the actor does once set up: no full collection over torch's objects while timing
-    figures: dict = {"agent": cfg.agent.name, "profile": cfg.profile, "chunk": spec.chunk,
-                     "scheduling": {"actor": scheduling_applied,
-                                    "learner": OmegaConf.to_container(cfg.runtime.scheduling.learner)}}  # fmt: skip
-    figures["cpu_idle"] = latency_summary(time_policy_steps(agent, spec, p["steps"]))
-    print("policy step, CPU idle:", json.dumps(figures["cpu_idle"]))
-    figures["cpu_loaded"] = latency_summary(loaded_latency(cfg, agent, spec, p["steps"]))
-    print("policy step, CPU with a learner training:", json.dumps(figures["cpu_loaded"]))
-    cam_agent, cam_spec = _agent(cfg, "cpu", CAMERA)
-    figures["camera_96_cpu_idle"] = latency_summary(time_policy_steps(cam_agent, cam_spec, p["steps"]))
-    print("policy step with one 96x96 camera, CPU idle:", json.dumps(figures["camera_96_cpu_idle"]))
-    if torch.cuda.is_available():
-        gpu_agent, _ = _agent(cfg, "cuda")
-        figures["gpu"] = latency_summary(time_policy_steps(gpu_agent, spec, p["steps"]))
-        print("policy step, GPU:", json.dumps(figures["gpu"]))
-        gpu_cam_agent, _ = _agent(cfg, "cuda", CAMERA)
-        figures["camera_96_gpu"] = latency_summary(time_policy_steps(gpu_cam_agent, cam_spec, p["steps"]))
-        print("policy step with one 96x96 camera, GPU:", json.dumps(figures["camera_96_gpu"]))
-    summary = {
-        "policy_step_p99_ms_cpu": figures["cpu_loaded"]["p99_ms"],
-        "policy_step_p99_ms_cpu_idle": figures["cpu_idle"]["p99_ms"],
-        "policy_step_p99_ms_cpu_camera_96": figures["camera_96_cpu_idle"]["p99_ms"],
-    }
+    figures: dict = {"agent": cfg.agent.name, "profile": cfg.profile}
+    summary: dict = {}
+    if p["steps"]:
+        latency_figures(cfg, p["steps"], figures, summary)
     if p["realtime_s"]:
         figures["realtime"] = realtime_session(p["realtime_s"])
         print("real-time session:", json.dumps(figures["realtime"]))
@@ -208,11 +213,41 @@ def run(cfg: DictConfig, words: list[str]) -> dict:
             "realtime_seconds": figures["realtime"]["seconds"],
             "overrun_pct": figures["realtime"]["overrun_pct"],
             "stack_overrun_pct": figures["realtime"]["stack_overrun_pct"],
+            "wakeup_overruns": figures["realtime"]["wakeup_overruns"],
             "robot_step_ms": figures["realtime"]["robot_step_ms"],
             "executed_rate_hz": (figures["realtime"]["step_periods"] or {}).get("rate_hz"),
         }
-    if "gpu" in figures:
+    doc = {"summary": summary, "figures": figures}
+    return doc if "result_name" not in p else {**doc, "result_name": p["result_name"]}
+
+
+def latency_figures(cfg: DictConfig, steps: int, figures: dict, summary: dict) -> None:
+    """Policy-step latency: CPU idle, CPU with a learner training, with one camera, and on the GPU if there is one."""
+    scheduling_applied = scheduling.apply(cfg.runtime, "actor")  # as a session's actor: priority, threads
+    torch.set_num_threads(1)
+    agent, spec = _agent(cfg, "cpu")
+    freeze_heap()  # as the actor does once set up: no full collection over torch's objects while timing
+    figures |= {"chunk": spec.chunk,
+                "scheduling": {"actor": scheduling_applied,
+                               "learner": OmegaConf.to_container(cfg.runtime.scheduling.learner)}}  # fmt: skip
+    figures["cpu_idle"] = latency_summary(time_policy_steps(agent, spec, steps))
+    print("policy step, CPU idle:", json.dumps(figures["cpu_idle"]))
+    figures["cpu_loaded"] = latency_summary(loaded_latency(cfg, agent, spec, steps))
+    print("policy step, CPU with a learner training:", json.dumps(figures["cpu_loaded"]))
+    cam_agent, cam_spec = _agent(cfg, "cpu", CAMERA)
+    figures["camera_96_cpu_idle"] = latency_summary(time_policy_steps(cam_agent, cam_spec, steps))
+    print("policy step with one 96x96 camera, CPU idle:", json.dumps(figures["camera_96_cpu_idle"]))
+    summary |= {
+        "policy_step_p99_ms_cpu": figures["cpu_loaded"]["p99_ms"],
+        "policy_step_p99_ms_cpu_idle": figures["cpu_idle"]["p99_ms"],
+        "policy_step_p99_ms_cpu_camera_96": figures["camera_96_cpu_idle"]["p99_ms"],
+    }
+    if torch.cuda.is_available():
+        gpu_agent, _ = _agent(cfg, "cuda")
+        figures["gpu"] = latency_summary(time_policy_steps(gpu_agent, spec, steps))
+        print("policy step, GPU:", json.dumps(figures["gpu"]))
+        gpu_cam_agent, _ = _agent(cfg, "cuda", CAMERA)
+        figures["camera_96_gpu"] = latency_summary(time_policy_steps(gpu_cam_agent, cam_spec, steps))
+        print("policy step with one 96x96 camera, GPU:", json.dumps(figures["camera_96_gpu"]))
         summary["policy_step_p99_ms_gpu"] = figures["gpu"]["p99_ms"]
         summary["policy_step_p99_ms_gpu_camera_96"] = figures["camera_96_gpu"]["p99_ms"]
-    doc = {"summary": summary, "figures": figures}
-    return doc if p["realtime_s"] else {**doc, "result_name": "policy_latency"}

@@ -74,13 +74,18 @@ def _loop_rows(loop: Mapping | None) -> list[list[str]]:
 
 
 def _driver_rows(loop: Mapping | None) -> list[list[str]]:
-    """The driver's tick overruns, split: after a robot step longer than a period (the device's) and the rest."""
+    """The driver's tick overruns by cause (drivers/clock.py LoopStats): the robot's step, a late wake-up, the loop's
+    own work."""
     if not loop or not loop.get("ticks") or "robot_overruns" not in loop:
         return []
     ticks, late, robot = int(loop["ticks"]), int(loop["overruns"]), int(loop["robot_overruns"])
+    wakeup = int(loop.get("wakeup_overruns", 0))
+    policy = f"SCHED_FIFO {loop['fifo_priority']}" if loop.get("fifo_priority") else "the normal policy"
+    own = late - robot - wakeup
     return [
         ["driver ticks > a period late", f"{late} of {ticks} ({100 * late / ticks:.2f}%): {robot} after a robot "
-         f"step longer than a period, {late - robot} ({100 * (late - robot) / ticks:.2f}%) the stack's"],
+         f"step longer than a period, {wakeup} woken more than a period late (driver under {policy}), "
+         f"{own} ({100 * own / ticks:.2f}%) the loop's own work"],
         ["robot step mean / max", f"{loop['robot_step_ms']:.2f} ms / {loop['max_robot_step_ms']:.2f} ms"],
     ]  # fmt: skip
 

@@ -289,10 +289,10 @@ def test_realtime_step_selection_with_a_fake_clock(tmp_path):
 
 
 def taking(clock: FakeClock, seconds: float, method):
-    """`method` as a robot whose call takes `seconds` on the fake clock."""
+    """`method` (a robot's, a socket's) as one whose call takes `seconds` on the fake clock."""
 
-    def slow(*args):
-        result = method(*args)
+    def slow(*args, **kwargs):
+        result = method(*args, **kwargs)
         clock.advance(seconds)
         return result
 
@@ -378,33 +378,41 @@ def test_realtime_cadence_counts_no_overrun_across_a_reset(tmp_path):
         driver.close()
 
 
-def test_realtime_overruns_after_a_robot_step_longer_than_a_period_are_the_robots(tmp_path):
-    """The driver times the device's own step: an overrun after a step that alone took longer than a period is the
-    robot's (counted in robot_overruns too); a tick late for any other reason is the stack's."""
+def test_realtime_overruns_are_put_down_to_the_robot_a_late_wakeup_or_the_loop(tmp_path):
+    """The driver times the device's own step, its own work and how late it ran after it was free to: an overrun
+    after a step that alone took longer than a period is the robot's; one where the idle loop ran more than a period
+    after its tick was due is a late wake-up (the CPU was not given to it); the rest are the loop's own work."""
     cfg = make_cfg(tmp_path, "robot.mode=realtime", "robot.fps=10")
     clock = FakeClock(100.0)
     driver = Driver(cfg, clock=clock)
     driver.open()
-    send = driver.robot.send
+    send, publish = driver.robot.send, driver.pub.send
     try:
-        for i in range(8):
-            # tick 6 comes late although the robot was quick
+        for i in range(10):
+            # tick 6 wakes up late although the robot was quick
             clock.t = max(clock.t, driver.deadline.next_t + (0.15 if i == 6 else 0.002))
             driver._handle(Message("heartbeat", 0, 0.0, {"client": "c"}, {}))
             if i == 0:
                 meta = {"t0": driver.state_time() + 0.1, "chunk_id": 1, "client": "c"}
-                driver._handle(Message("chunk", 1, 0.0, meta, {"actions": chunk(8)}))
+                driver._handle(Message("chunk", 1, 0.0, meta, {"actions": chunk(16)}))
             driver.robot.send = taking(clock, 0.25 if i == 3 else 0.01, send)  # step 3 takes 2.5 periods
+            driver.pub.send = taking(clock, 0.25 if i == 8 else 0.0, publish)  # tick 8: 2.5 periods
+            driver.spin_once()
+        driver.chunk = None
+        for _ in range(2):  # held ticks: no step to time
+            clock.t = driver.deadline.next_t + 0.002
+            driver._handle(Message("heartbeat", 0, 0.0, {"client": "c"}, {}))
             driver.spin_once()
         loop = driver.loop.summary()
         assert (
-            driver.step == 6 and driver.counters["steps_skipped"] == 2
-        )  # each overrun lost a step of the chunk
-        assert (loop["overruns"], loop["robot_overruns"]) == (2, 1)
+            driver.step == 10 and driver.counters["steps_skipped"] == 2 + 1 + 2
+        )  # each overrun lost the steps it was late for
+        assert (loop["overruns"], loop["robot_overruns"], loop["wakeup_overruns"]) == (3, 1, 1)
+        assert loop["max_wakeup_late_ms"] == pytest.approx(150.0, abs=3.0)
         assert loop["max_robot_step_ms"] == pytest.approx(250.0)
         assert loop["robot_step_ms"] == pytest.approx(
-            1000 * (0.25 + 5 * 0.01) / 6
-        )  # per step: held ticks left out
+            1000 * (0.25 + 9 * 0.01) / 10
+        )  # per step: the held ticks left out
     finally:
         driver.close()
 

@@ -103,7 +103,9 @@ def test_finetune_summary_and_report_from_metrics(tmp_path):
         driver = {
             "ticks": 5000,
             "overruns": 12,
-            "robot_overruns": 10,
+            "robot_overruns": 7,
+            "wakeup_overruns": 3,
+            "fifo_priority": 50,
             "robot_step_ms": 9.5,
             "max_robot_step_ms": 41.0,
         }
@@ -131,8 +133,8 @@ def test_finetune_summary_and_report_from_metrics(tmp_path):
     assert "| workspace | 2 |" in text and "| estop | 1 |" in text
     assert "| control rate | 10.00 Hz (target period 100.0 ms) |" in text
     assert (
-        "| driver ticks > a period late | 12 of 5000 (0.24%): 10 after a robot step longer than a period, "
-        "2 (0.04%) the stack's |"
+        "| driver ticks > a period late | 12 of 5000 (0.24%): 7 after a robot step longer than a period, "
+        "3 woken more than a period late (driver under SCHED_FIFO 50), 2 (0.04%) the loop's own work |"
         in text
         and "| robot step mean / max | 9.50 ms / 41.00 ms |" in text
     )
