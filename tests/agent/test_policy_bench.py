@@ -1,6 +1,9 @@
-"""`expo-robot bench policy`'s timed step runs the actor's path (decode, act, encode), with and without a camera."""
+"""`expo-robot bench policy`: the timed step runs the actor's path (decode, act, encode), with and without a camera;
+the real-time figures say which overruns are the stack's."""
 
-from expo_robot.bench.policy import CAMERA, _agent, realtime_figures, time_policy_steps
+import pytest
+
+from expo_robot.bench.policy import CAMERA, _agent, realtime_figures, run, time_policy_steps
 from expo_robot.config import load_config
 from expo_robot.observe.metrics import LOOP_PERIOD_MS, MetricsLogger
 
@@ -32,3 +35,8 @@ def test_realtime_figures_count_late_wakeups_as_the_stacks_only_without_the_real
         figures = realtime_figures(run, 50)
         assert (figures["overruns"], figures["robot_overruns"], figures["wakeup_overruns"]) == (12, 7, 3)
         assert figures["stack_overruns"] == stack and figures["stack_overrun_pct"] == 100.0 * stack / 10_000
+
+
+def test_an_unknown_profile_is_named_with_the_choices():
+    with pytest.raises(ValueError, match="unknown profile 'fast'; choose one of quick, full, latency, realtime"):
+        run(load_config(["profile=demo"]), ["fast"])
