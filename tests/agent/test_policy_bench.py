@@ -38,5 +38,7 @@ def test_realtime_figures_count_late_wakeups_as_the_stacks_only_without_the_real
 
 
 def test_an_unknown_profile_is_named_with_the_choices():
-    with pytest.raises(ValueError, match="unknown profile 'fast'; choose one of quick, full, latency, realtime"):
+    with pytest.raises(
+        ValueError, match="unknown profile 'fast'; choose one of quick, full, latency, realtime"
+    ):
         run(load_config(["profile=demo"]), ["fast"])
