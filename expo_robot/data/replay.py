@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 
@@ -13,7 +15,9 @@ class ReplayBuffer:
     """Chunk transitions: obs f32[S], actions f32[H, A] (env units), reward f32 (discounted sum over the executed
     steps), next_obs f32[S], discount f32 (gamma^h, 0 if terminal), steps int (h), intervention bool.
 
-    With cameras (`images`: name -> (H, W, C)), also obs_image.<name> and next_obs_image.<name>, uint8 [H, W, C].
+    With cameras (`images`: name -> (H, W, C)), also obs_image.<name> and next_obs_image.<name>, uint8 [H, W, C],
+    kept in one `FrameStore` per camera: a chunk's next observation is a later chunk's observation, so each frame is
+    stored once however many rows show it. `data` holds the other fields; `sample` and `state_dict` give the images.
     When full, the oldest transitions are overwritten. `sample` also returns `index` (slot of each row).
     """
 
@@ -30,10 +34,14 @@ class ReplayBuffer:
             "steps": ((), np.int64),
             "intervention": ((), np.bool_),
         }
-        for name, shape in (images or {}).items():  # (zeros are allocated lazily: unfilled rows cost no memory)
-            for key in ("obs", "next_obs"):
-                self.shapes[f"{key}_image.{name}"] = (tuple(int(d) for d in shape), np.uint8)
         self.data = {k: np.zeros((self.capacity, *s), dt) for k, (s, dt) in self.shapes.items()}
+        # (zeros are allocated lazily: unfilled rows and frame slots cost no memory)
+        self.frames = {name: FrameStore(2 * self.capacity, shape) for name, shape in (images or {}).items()}
+        self.frame_slots = {}  # obs_image.<name> / next_obs_image.<name> -> each row's slot in its camera's store
+        for name, shape in (images or {}).items():
+            for key in (f"obs_image.{name}", f"next_obs_image.{name}"):
+                self.shapes[key] = (tuple(int(d) for d in shape), np.uint8)
+                self.frame_slots[key] = (name, np.full(self.capacity, -1, np.int64))
         self.ptr = 0
         self.size = 0
 
@@ -67,8 +75,12 @@ class ReplayBuffer:
             batch = {k: np.asarray(v)[-self.capacity :] for k, v in batch.items()}
             n = self.capacity
         idx = (self.ptr + np.arange(n)) % self.capacity
-        for k in self.shapes:
+        for k in self.data:
             self.data[k][idx] = batch.get(k, False)
+        for k, (name, slots) in self.frame_slots.items():
+            store, old = self.frames[name], slots[idx]
+            store.release(old[old >= 0])  # the overwritten rows' frames
+            slots[idx] = store.put(np.asarray(batch[k]))
         self.ptr = int((self.ptr + n) % self.capacity)
         self.size = int(min(self.size + n, self.capacity))
 
@@ -77,12 +89,17 @@ class ReplayBuffer:
             raise ReplayError("cannot sample from an empty replay buffer")
         idx = rng.integers(0, self.size, size=n)
         out = {k: v[idx] for k, v in self.data.items()}
+        out |= self._images(idx)
         out["index"] = idx
         return out
 
+    def _images(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {k: self.frames[name].frames[slots[rows]] for k, (name, slots) in self.frame_slots.items()}
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Only the filled rows, plus the write pointer: numpy arrays, no pickle needed."""
+        """Only the filled rows (images as each row's frames), plus the write pointer: numpy arrays, no pickle."""
         d = {k: v[: self.size].copy() for k, v in self.data.items()}
+        d |= self._images(np.arange(self.size))
         d["ptr"] = np.asarray(self.ptr, np.int64)
         d["capacity"] = np.asarray(self.capacity, np.int64)
         return d
@@ -96,8 +113,61 @@ class ReplayBuffer:
         for k, (shape, _) in self.shapes.items():
             if d[k].shape != (size, *shape):
                 raise ReplayError(f"checkpoint field '{k}' has shape {d[k].shape}, expected {(size, *shape)}")
+        for k in self.data:
             self.data[k][:size] = d[k]
+        for name, store in list(self.frames.items()):
+            self.frames[name] = FrameStore(2 * self.capacity, store.frames.shape[1:])
+        for k, (name, slots) in self.frame_slots.items():
+            slots[:] = -1
+            slots[:size] = self.frames[name].put(d[k])
         self.size, self.ptr = size, int(d["ptr"])
+
+
+class FrameStore:
+    """Camera frames stored once each, shared by every row that shows them: slots are found again by the frame's
+    content (a BLAKE2 digest), counted by reference and reused when no row holds them any more. A released slot is
+    taken before a never-used one, so the memory touched is that of the most frames alive at one time."""
+
+    def __init__(self, slots: int, shape: tuple[int, ...]):
+        self.frames = np.zeros((slots, *shape), np.uint8)
+        self.refs = np.zeros(slots, np.int64)
+        self._slot_of: dict[bytes, int] = {}
+        self._digest = [b""] * slots
+        self._free: list[int] = []  # released slots, reused before new ones
+        self._next = 0  # slots from here on have never been used
+
+    def __len__(self) -> int:
+        """Frames held."""
+        return len(self._slot_of)
+
+    def put(self, frames: np.ndarray) -> np.ndarray:
+        """Slots of `frames` [N, H, W, C], each frame stored unless an identical one is; one reference each."""
+        slots = np.empty(len(frames), np.int64)
+        for i, frame in enumerate(frames):
+            frame = np.ascontiguousarray(frame, np.uint8)
+            key = hashlib.blake2b(frame, digest_size=16).digest()
+            slot = self._slot_of.get(key)
+            if slot is None:
+                slot = self._free.pop() if self._free else self._take_new()
+                self.frames[slot] = frame
+                self._slot_of[key], self._digest[slot] = slot, key
+            self.refs[slot] += 1
+            slots[i] = slot
+        return slots
+
+    def release(self, slots: np.ndarray) -> None:
+        """Drop one reference per slot; a slot no row holds is free again."""
+        for slot in slots.tolist():
+            self.refs[slot] -= 1
+            if self.refs[slot] == 0:
+                del self._slot_of[self._digest[slot]]
+                self._free.append(slot)
+
+    def _take_new(self) -> int:
+        if self._next == len(self.refs):  # cannot happen: each row holds two frames at most
+            raise ReplayError(f"frame store full ({len(self.refs)} frames)")
+        self._next += 1
+        return self._next - 1
 
 
 def sample_symmetric(

@@ -1,9 +1,10 @@
-"""Replay buffer: ring semantics, symmetric half/half batches, numpy state round trip."""
+"""Replay buffer: ring semantics, symmetric half/half batches, numpy state round trip, frames stored once."""
 
 import numpy as np
 import pytest
 from agent_fixtures import random_buffer
 
+from expo_robot.data.chunking import chunk_transitions
 from expo_robot.data.replay import ReplayBuffer, ReplayError, sample_symmetric
 
 
@@ -53,3 +54,55 @@ def test_bad_batch_names_the_field():
     batch["actions"] = batch["actions"][:, :2]
     with pytest.raises(ReplayError, match="actions"):
         buf.add_batch(batch)
+
+
+def _episode_rows(t_len: int, seed: int, chunk: int = 2) -> dict[str, np.ndarray]:
+    """Chunk transitions of one episode whose every frame differs (frame t of episode `seed`)."""
+    frames = np.random.default_rng(seed).integers(0, 255, (t_len + 1, 4, 4, 3), dtype=np.uint8)
+    return chunk_transitions(
+        np.zeros((t_len + 1, 3)),
+        np.zeros((t_len, 2)),
+        np.zeros(t_len),
+        True,
+        chunk,
+        0.9,
+        1,
+        None,
+        {"cam": frames},
+    )
+
+
+def test_each_frame_is_stored_once_however_many_rows_show_it():
+    rows = _episode_rows(10, seed=0)  # 10 chunks starting at every step: obs frames 0-9, next frames 2-10
+    buf = ReplayBuffer(16, 3, 2, 2, images={"cam": (4, 4, 3)})
+    buf.add_batch(rows)
+    assert len(buf.frames["cam"]) == 11  # not 20
+    out = buf.state_dict()
+    for key in ("obs_image.cam", "next_obs_image.cam"):
+        np.testing.assert_array_equal(out[key], rows[key])
+    batch = buf.sample(32, np.random.default_rng(0))
+    np.testing.assert_array_equal(batch["next_obs_image.cam"], rows["next_obs_image.cam"][batch["index"]])
+
+
+def test_overwritten_rows_give_their_frames_back():
+    buf = ReplayBuffer(8, 3, 2, 2, images={"cam": (4, 4, 3)})
+    for seed in range(6):  # 6 episodes of 5 chunks through 8 rows
+        buf.add_batch(_episode_rows(5, seed))
+        live = buf.state_dict()
+        distinct = {f.tobytes() for k in ("obs_image.cam", "next_obs_image.cam") for f in live[k]}
+        store = buf.frames["cam"]
+        assert len(store) == len(distinct) and store.refs.sum() == 2 * len(buf)
+        assert store._next <= 2 * 8  # released slots are reused: the touched memory stays bounded
+
+
+def test_state_dict_round_trip_with_frames():
+    buf = ReplayBuffer(8, 3, 2, 2, images={"cam": (4, 4, 3)})
+    for seed in range(3):
+        buf.add_batch(_episode_rows(5, seed))
+    copy = ReplayBuffer(8, 3, 2, 2, images={"cam": (4, 4, 3)})
+    copy.load_state_dict(buf.state_dict())
+    assert len(copy.frames["cam"]) == len(buf.frames["cam"]) and copy.ptr == buf.ptr
+    for key, value in buf.state_dict().items():
+        np.testing.assert_array_equal(copy.state_dict()[key], value)
+    copy.add_batch(_episode_rows(5, 9))  # and it goes on as a ring
+    assert copy.frames["cam"].refs.sum() == 2 * len(copy)
