@@ -97,30 +97,69 @@ class ReplayBuffer:
         return {k: self.frames[name].frames[slots[rows]] for k, (name, slots) in self.frame_slots.items()}
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Only the filled rows (images as each row's frames), plus the write pointer: numpy arrays, no pickle."""
+        """Only the filled rows, plus the write pointer: numpy arrays, no pickle needed. Per camera, each frame once
+        (`frames.<name>`) and each row's frame in it (`obs_image.<name>.frame`, `next_obs_image.<name>.frame`)."""
         d = {k: v[: self.size].copy() for k, v in self.data.items()}
-        d |= self._images(np.arange(self.size))
+        for name, store in self.frames.items():
+            live = np.flatnonzero(store.refs)
+            position = np.full(len(store.refs), -1, np.int64)
+            position[live] = np.arange(len(live))
+            d[f"frames.{name}"] = store.frames[live]
+            for key in self._frame_keys(name):
+                d[f"{key}.frame"] = position[self.frame_slots[key][1][: self.size]]
         d["ptr"] = np.asarray(self.ptr, np.int64)
         d["capacity"] = np.asarray(self.capacity, np.int64)
         return d
 
     def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
+        """What state_dict wrote; also a checkpoint written before frames were stored once (every row's frames)."""
         if int(d["capacity"]) != self.capacity:
             raise ReplayError(
                 f"checkpoint buffer capacity {int(d['capacity'])} != this buffer's {self.capacity}"
             )
         size = len(d["obs"])
-        for k, (shape, _) in self.shapes.items():
-            if d[k].shape != (size, *shape):
-                raise ReplayError(f"checkpoint field '{k}' has shape {d[k].shape}, expected {(size, *shape)}")
+        for k in self.data:
+            _check_shape(d, k, (size, *self.shapes[k][0]))
         for k in self.data:
             self.data[k][:size] = d[k]
-        for name, store in list(self.frames.items()):
-            self.frames[name] = FrameStore(2 * self.capacity, store.frames.shape[1:])
-        for k, (name, slots) in self.frame_slots.items():
-            slots[:] = -1
-            slots[:size] = self.frames[name].put(d[k])
+        for name in self.frames:
+            self._load_frames(d, name, size)
         self.size, self.ptr = size, int(d["ptr"])
+
+    def _frame_keys(self, name: str) -> list[str]:
+        return [k for k, (camera, _) in self.frame_slots.items() if camera == name]
+
+    def _load_frames(self, d: dict[str, np.ndarray], name: str, size: int) -> None:
+        keys, shape = self._frame_keys(name), self.frames[name].frames.shape[1:]
+        store = self.frames[name] = FrameStore(2 * self.capacity, shape)
+        if f"frames.{name}" in d:
+            _check_shape(d, f"frames.{name}", (len(d[f"frames.{name}"]), *shape))
+            for key in keys:
+                _check_shape(d, f"{key}.frame", (size,))
+                if size and not 0 <= d[f"{key}.frame"].min() <= d[f"{key}.frame"].max() < len(
+                    d[f"frames.{name}"]
+                ):
+                    raise ReplayError(f"checkpoint field '{key}.frame' points outside frames.{name}")
+            at = store.put(d[f"frames.{name}"])
+            store.refs[at] = 0  # counted below, one per row that shows the frame
+            rows = {key: at[d[f"{key}.frame"]] for key in keys}
+            for slots in rows.values():
+                np.add.at(store.refs, slots, 1)
+        else:
+            for key in keys:
+                _check_shape(d, key, (size, *shape))
+            rows = {key: store.put(d[key]) for key in keys}
+        for key in keys:
+            slots = self.frame_slots[key][1]
+            slots[:] = -1
+            slots[:size] = rows[key]
+
+
+def _check_shape(d: dict[str, np.ndarray], key: str, shape: tuple[int, ...]) -> None:
+    if key not in d:
+        raise ReplayError(f"checkpoint lacks field '{key}'")
+    if d[key].shape != shape:
+        raise ReplayError(f"checkpoint field '{key}' has shape {d[key].shape}, expected {shape}")
 
 
 class FrameStore:

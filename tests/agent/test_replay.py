@@ -78,8 +78,9 @@ def test_each_frame_is_stored_once_however_many_rows_show_it():
     buf.add_batch(rows)
     assert len(buf.frames["cam"]) == 11  # not 20
     out = buf.state_dict()
+    assert len(out["frames.cam"]) == 11  # and so in a checkpoint
     for key in ("obs_image.cam", "next_obs_image.cam"):
-        np.testing.assert_array_equal(out[key], rows[key])
+        np.testing.assert_array_equal(_row_frames(out, key), rows[key])
     batch = buf.sample(32, np.random.default_rng(0))
     np.testing.assert_array_equal(batch["next_obs_image.cam"], rows["next_obs_image.cam"][batch["index"]])
 
@@ -89,7 +90,9 @@ def test_overwritten_rows_give_their_frames_back():
     for seed in range(6):  # 6 episodes of 5 chunks through 8 rows
         buf.add_batch(_episode_rows(5, seed))
         live = buf.state_dict()
-        distinct = {f.tobytes() for k in ("obs_image.cam", "next_obs_image.cam") for f in live[k]}
+        distinct = {
+            f.tobytes() for k in ("obs_image.cam", "next_obs_image.cam") for f in _row_frames(live, k)
+        }
         store = buf.frames["cam"]
         assert len(store) == len(distinct) and store.refs.sum() == 2 * len(buf)
         assert store._next <= 2 * 8  # released slots are reused: the touched memory stays bounded
@@ -106,3 +109,27 @@ def test_state_dict_round_trip_with_frames():
         np.testing.assert_array_equal(copy.state_dict()[key], value)
     copy.add_batch(_episode_rows(5, 9))  # and it goes on as a ring
     assert copy.frames["cam"].refs.sum() == 2 * len(copy)
+
+
+def test_a_checkpoint_with_every_rows_frames_still_loads():
+    """Checkpoints written before frames were stored once hold each row's frames under obs_image.<name>."""
+    buf = ReplayBuffer(8, 3, 2, 2, images={"cam": (4, 4, 3)})
+    buf.add_batch(_episode_rows(6, 0))
+    old = buf.state_dict()
+    for key in ("obs_image.cam", "next_obs_image.cam"):
+        old[key] = _row_frames(old, key)
+        del old[f"{key}.frame"]
+    del old["frames.cam"]
+    copy = ReplayBuffer(8, 3, 2, 2, images={"cam": (4, 4, 3)})
+    copy.load_state_dict(old)
+    assert len(copy.frames["cam"]) == len(buf.frames["cam"]) == 7
+    for key, value in buf.state_dict().items():
+        np.testing.assert_array_equal(copy.state_dict()[key], value)
+    del old["next_obs_image.cam"]
+    with pytest.raises(ReplayError, match=r"lacks field 'next_obs_image\.cam'"):
+        copy.load_state_dict(old)
+
+
+def _row_frames(state: dict, key: str) -> np.ndarray:
+    camera = key.split(".", 1)[1]
+    return state[f"frames.{camera}"][state[f"{key}.frame"]]

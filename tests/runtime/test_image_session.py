@@ -44,9 +44,14 @@ def test_image_finetune_session_end_to_end(processes, tmp_path):
     online, offline = ckpt["online"], ckpt["offline"]
     assert len(online["obs"]) > 0 and ckpt["counters"]["updates"] > 0
     for buf in (online, offline):  # frames came with the seed data and with every online transition
-        for key in ("obs_image.front", "next_obs_image.front"):
-            assert buf[key].shape == (len(buf["obs"]), 24, 24, 3) and buf[key].dtype == np.uint8
-            assert buf[key].std() > 0  # rendered scenes, not blank frames
+        frames = buf["frames.front"]  # each stored once, rows point into them
+        assert frames.shape[1:] == (24, 24, 3) and frames.dtype == np.uint8
+        assert frames.std() > 0  # rendered scenes, not blank frames
+        for key in ("obs_image.front.frame", "next_obs_image.front.frame"):
+            assert buf[key].shape == (len(buf["obs"]),) and 0 <= buf[key].min() <= buf[key].max() < len(
+                frames
+            )
+        assert len(frames) < 2 * len(buf["obs"])  # a chunk's next frame is the next chunk's first
     assert {"encoder_base", "encoder_critic"} <= set(
         ckpt["agent"]["modules"]
     )  # both image encoders are saved
