@@ -42,7 +42,8 @@ class LoopStats:
       (`wakeup_late_s`): the CPU was not given to it. Under the normal policy that can be any process beside it;
       under SCHED_FIFO only the kernel (its real-time throttling, interrupts) or the host (a virtual machine's
       stolen time);
-    - the rest: the loop's own work (handling commands, the safety filter, publishing).
+    - the rest: the loop's own work (handling commands, the safety filter, publishing), device calls other than
+      the step (hold), or two causes each under a period together. Counted as the stack's.
     """
 
     target_s: float

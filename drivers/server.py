@@ -151,14 +151,12 @@ class Driver:
             name="driver.cmd",
         )
         self.loop = LoopStats(1.0 / self.fps)
-        self.robot_s: float | None = (
-            None  # how long the last robot.send took (None: no step since the last tick)
-        )
-        self._handled_s = 0.0  # time spent handling commands since the last tick
+        # how long the last robot.send took (None: no step since the last tick)
+        self.robot_s: float | None = None
         self._idle_since = -math.inf  # when the last tick's work ended
-        self.fifo_priority = os.sched_getparam(
-            0
-        ).sched_priority  # 0: the normal policy (runtime/scheduling.py)
+        self._handled_late_s = 0.0  # command handling since then that held up the next tick
+        fifo = os.sched_getscheduler(0) == os.SCHED_FIFO  # runtime/scheduling.py
+        self.fifo_priority = os.sched_getparam(0).sched_priority if fifo else 0
         self.deadline = Deadline(1.0 / self.fps, self.clock)
         self._reset_episode(self.cfg.get("seed"))
         freeze_heap()
@@ -217,9 +215,9 @@ class Driver:
             self.tick_t = self.deadline.next_t
             self.deadline.advance()
             # how long after the loop was free to tick (due, the last tick's work done, commands handled) it ran
-            wakeup_late_s = now - max(self.tick_t, self._idle_since) - self._handled_s
+            wakeup_late_s = now - max(self.tick_t, self._idle_since) - self._handled_late_s
             self.loop.tick(now, self.robot_s, wakeup_late_s)
-            self.robot_s, self._handled_s = None, 0.0
+            self.robot_s, self._handled_late_s = None, 0.0
         else:
             due = self.chunk is not None and self._due_index(self.chunk) is not None
             # nothing due: sleep in the poller (a command wakes it at once) but wake for the watchdog, and for
@@ -238,11 +236,15 @@ class Driver:
         msg = self.inbox.recv(max(0.0, wait_s))
         if msg is None:
             return
-        t = self.clock.now()
+        start = self.clock.now()
         while msg is not None:
             self._handle(msg)
             msg = self.inbox.recv(0.0)
-        self._handled_s += self.clock.now() - t  # the loop's own work between ticks (LoopStats)
+        if (
+            self.mode == "realtime"
+        ):  # handling after the next tick could have run delays it: the loop's own work
+            free = max(self.deadline.next_t, self._idle_since)
+            self._handled_late_s += max(0.0, self.clock.now() - max(start, free))
 
     def _watch(self) -> str | None:
         """Run the watchdog on the wall clock; a change is acted on and published at once."""

@@ -33,9 +33,9 @@ from expo_robot.runtime.scheduling import freeze_heap
 from expo_robot.transport.protocol import image_field, obs_schema
 from expo_robot.transport.wire import decode, encode
 
-# latency / realtime: the two parts of `full` alone, to policy_latency.json / policy_realtime.json
+# quick: a smoke run; latency / realtime: the two parts of `full` alone; each to its own file
 PROFILES = {
-    "quick": {"steps": 1000, "realtime_s": 60},
+    "quick": {"steps": 1000, "realtime_s": 60, "result_name": "policy_quick"},
     "full": {"steps": 5000, "realtime_s": 600},
     "latency": {"steps": 5000, "realtime_s": 0, "result_name": "policy_latency"},
     "realtime": {"steps": 0, "realtime_s": 600, "result_name": "policy_realtime"},
@@ -140,8 +140,9 @@ def realtime_figures(run: Path, fps: int) -> dict:
     wakeup_overruns = int(last.get("driver/wakeup_overruns", 0))
     fifo = int(last.get("driver/fifo_priority", 0))
     # The stack's: the driver loop's own work, and under the normal policy also its late wake-ups (the actor and
-    # learner may hold the CPU). Under SCHED_FIFO no process of the stack can: a late wake-up is the kernel's
-    # (real-time throttling, interrupts) or the host's (stolen time).
+    # learner may hold the CPU). Under SCHED_FIFO, with the actor and learner under the normal policy (as in
+    # realtime_command), no process of the stack can: a late wake-up is the kernel's (real-time throttling,
+    # interrupts) or the host's (stolen time).
     stack_overruns = overruns - robot_overruns - (wakeup_overruns if fifo else 0)
     periods = [
         r[LOOP_PERIOD_MS] / 1e3 for r in records if r.get("source") == "driver" and LOOP_PERIOD_MS in r
@@ -180,9 +181,10 @@ def realtime_session(seconds: int, fps: int = 50) -> dict:
             raise RuntimeError(f"real-time session failed ({proc.returncode}): {proc.stderr[-2000:]}")
         figures = realtime_figures(run, fps)
         steal = host_steal_s()
+        # CPU time a virtual machine's host took from it during the session (all CPUs)
+        stolen = steal - steal0 if steal is not None and steal0 is not None else None
         return {**figures, "seconds": seconds, "wall_s": time.monotonic() - t0, "command": " ".join(cmd[2:]),
-                # CPU time a virtual machine's host took from it during the session (all CPUs)
-                "host_steal_s": steal - steal0 if steal is not None and steal0 is not None else None}  # fmt: skip
+                "host_steal_s": stolen}  # fmt: skip
 
 
 def host_steal_s() -> float | None:

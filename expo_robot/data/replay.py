@@ -112,47 +112,64 @@ class ReplayBuffer:
         return d
 
     def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
-        """What state_dict wrote; also a checkpoint written before frames were stored once (every row's frames)."""
+        """What state_dict wrote; also a checkpoint written before frames were stored once (every row's frames).
+        Everything is checked before anything changes: a bad checkpoint leaves this buffer as it was."""
         if int(d["capacity"]) != self.capacity:
             raise ReplayError(
                 f"checkpoint buffer capacity {int(d['capacity'])} != this buffer's {self.capacity}"
             )
         size = len(d["obs"])
+        if size > self.capacity or not 0 <= int(d["ptr"]) < self.capacity:
+            raise ReplayError(f"checkpoint buffer holds {size} rows, write pointer {int(d['ptr'])}: not a ring of "
+                              f"{self.capacity}")  # fmt: skip
         for k in self.data:
             _check_shape(d, k, (size, *self.shapes[k][0]))
+        frames = {name: self._loaded_frames(d, name, size) for name in self.frames}
         for k in self.data:
             self.data[k][:size] = d[k]
-        for name in self.frames:
-            self._load_frames(d, name, size)
+        for name, (store, rows) in frames.items():
+            self.frames[name] = store
+            for key, slots in rows.items():
+                self.frame_slots[key][1][:] = -1
+                self.frame_slots[key][1][:size] = slots
         self.size, self.ptr = size, int(d["ptr"])
 
     def _frame_keys(self, name: str) -> list[str]:
         return [k for k, (camera, _) in self.frame_slots.items() if camera == name]
 
-    def _load_frames(self, d: dict[str, np.ndarray], name: str, size: int) -> None:
+    def _loaded_frames(self, d: dict, name: str, size: int) -> tuple[FrameStore, dict[str, np.ndarray]]:
+        """A camera's frames from a checkpoint: a new store and each row's slot in it, per field."""
         keys, shape = self._frame_keys(name), self.frames[name].frames.shape[1:]
-        store = self.frames[name] = FrameStore(2 * self.capacity, shape)
-        if f"frames.{name}" in d:
-            _check_shape(d, f"frames.{name}", (len(d[f"frames.{name}"]), *shape))
-            for key in keys:
-                _check_shape(d, f"{key}.frame", (size,))
-                if size and not 0 <= d[f"{key}.frame"].min() <= d[f"{key}.frame"].max() < len(
-                    d[f"frames.{name}"]
-                ):
-                    raise ReplayError(f"checkpoint field '{key}.frame' points outside frames.{name}")
-            at = store.put(d[f"frames.{name}"])
-            store.refs[at] = 0  # counted below, one per row that shows the frame
-            rows = {key: at[d[f"{key}.frame"]] for key in keys}
-            for slots in rows.values():
-                np.add.at(store.refs, slots, 1)
-        else:
+        store = FrameStore(2 * self.capacity, shape)
+        if f"frames.{name}" not in d:  # the older format
             for key in keys:
                 _check_shape(d, key, (size, *shape))
-            rows = {key: store.put(d[key]) for key in keys}
+            return store, {key: store.put(d[key]) for key in keys}
+        frames = d[f"frames.{name}"]
+        _check_shape(d, f"frames.{name}", (len(frames), *shape))
+        if len(frames) > len(store.refs):
+            raise ReplayError(f"checkpoint field 'frames.{name}' holds {len(frames)} frames, more than "
+                              f"{len(store.refs)} rows can show")  # fmt: skip
         for key in keys:
-            slots = self.frame_slots[key][1]
-            slots[:] = -1
-            slots[:size] = rows[key]
+            _check_shape(d, f"{key}.frame", (size,))
+            index = d[f"{key}.frame"]
+            if index.dtype.kind not in "iu" or (size and not 0 <= index.min() <= index.max() < len(frames)):
+                raise ReplayError(
+                    f"checkpoint field '{key}.frame' must index frames.{name} (0..{len(frames) - 1})"
+                )
+        shown = np.zeros(len(frames), bool)
+        for key in keys:
+            shown[d[f"{key}.frame"]] = True
+        if not shown.all():
+            raise ReplayError(
+                f"checkpoint field 'frames.{name}' holds {int((~shown).sum())} frames no row shows"
+            )
+        at = store.put(frames)
+        store.refs[at] = 0  # counted below, one per row that shows the frame
+        rows = {key: at[d[f"{key}.frame"]] for key in keys}
+        for slots in rows.values():
+            np.add.at(store.refs, slots, 1)
+        return store, rows
 
 
 def _check_shape(d: dict[str, np.ndarray], key: str, shape: tuple[int, ...]) -> None:

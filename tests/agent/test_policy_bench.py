@@ -21,7 +21,7 @@ def test_realtime_figures_count_late_wakeups_as_the_stacks_only_without_the_real
     """Under SCHED_FIFO no process of the stack can delay the driver's wake-up, so only the loop's own work is the
     stack's; under the normal policy the actor and learner can, so late wake-ups are the stack's too."""
     for fifo, stack in ((50, 2), (0, 5)):
-        run = tmp_path / f"fifo{fifo}"
+        folder = tmp_path / f"fifo{fifo}"
         loop = {
             "ticks": 10_000,
             "overruns": 12,
@@ -29,10 +29,10 @@ def test_realtime_figures_count_late_wakeups_as_the_stacks_only_without_the_real
             "wakeup_overruns": 3,
             "fifo_priority": fifo,
         }
-        with MetricsLogger(run, tensorboard=False) as log:
+        with MetricsLogger(folder, tensorboard=False) as log:
             log.log(100, "driver", **{LOOP_PERIOD_MS: 20.0})
             log.log(100, "actor", **{f"driver/{k}": v for k, v in loop.items()})
-        figures = realtime_figures(run, 50)
+        figures = realtime_figures(folder, 50)
         assert (figures["overruns"], figures["robot_overruns"], figures["wakeup_overruns"]) == (12, 7, 3)
         assert figures["stack_overruns"] == stack and figures["stack_overrun_pct"] == 100.0 * stack / 10_000
 

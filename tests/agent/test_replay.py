@@ -95,7 +95,7 @@ def test_overwritten_rows_give_their_frames_back():
         }
         store = buf.frames["cam"]
         assert len(store) == len(distinct) and store.refs.sum() == 2 * len(buf)
-        assert store._next <= 2 * 8  # released slots are reused: the touched memory stays bounded
+    assert store._next == 11  # released slots are reused: 11 slots ever touched for 36 frames added
 
 
 def test_state_dict_round_trip_with_frames():
@@ -128,6 +128,36 @@ def test_a_checkpoint_with_every_rows_frames_still_loads():
     del old["next_obs_image.cam"]
     with pytest.raises(ReplayError, match=r"lacks field 'next_obs_image\.cam'"):
         copy.load_state_dict(old)
+
+
+def test_a_still_camera_holds_one_frame():
+    rows = _episode_rows(5, seed=0)
+    for key in ("obs_image.cam", "next_obs_image.cam"):
+        rows[key][:] = 7
+    buf = ReplayBuffer(4, 3, 2, 2, images={"cam": (4, 4, 3)})
+    buf.add_batch(rows)  # 5 rows into 4: the oldest goes at once
+    buf.add_batch({k: v[:3] for k, v in rows.items()})
+    store = buf.frames["cam"]
+    assert len(buf) == 4 and len(store) == 1 and store.refs.sum() == 2 * 4
+
+
+def test_a_bad_checkpoint_is_refused_and_the_buffer_kept():
+    buf = ReplayBuffer(8, 3, 2, 2, images={"cam": (4, 4, 3)})
+    buf.add_batch(_episode_rows(5, 0))
+    good = buf.state_dict()
+    target = ReplayBuffer(8, 3, 2, 2, images={"cam": (4, 4, 3)})
+    target.add_batch(_episode_rows(3, 1))
+    before = target.state_dict()
+    bad_index = {**good, "obs_image.cam.frame": good["obs_image.cam.frame"] + 100}
+    float_index = {**good, "obs_image.cam.frame": good["obs_image.cam.frame"].astype(np.float32)}
+    unshown = {**good, "frames.cam": np.concatenate([good["frames.cam"], good["frames.cam"][:2] + 1])}
+    too_many = {**good, "frames.cam": np.zeros((17, 4, 4, 3), np.uint8)}
+    for bad, match in ((bad_index, "must index frames.cam"), (float_index, "must index frames.cam"),
+                       (unshown, "2 frames no row shows"), (too_many, "17 frames, more than 16")):  # fmt: skip
+        with pytest.raises(ReplayError, match=match):
+            target.load_state_dict(bad)
+        for key, value in before.items():
+            np.testing.assert_array_equal(target.state_dict()[key], value)
 
 
 def _row_frames(state: dict, key: str) -> np.ndarray:

@@ -417,6 +417,43 @@ def test_realtime_overruns_are_put_down_to_the_robot_a_late_wakeup_or_the_loop(t
         driver.close()
 
 
+def test_realtime_command_handling_counts_as_the_loops_work_only_when_it_holds_up_a_tick(tmp_path):
+    """A slow command handled before the tick is due did not delay the tick: a late tick after it is a late wake-up.
+    A command whose handling runs past the due time delays the tick itself: the loop's own work."""
+    cfg = make_cfg(tmp_path, "robot.mode=realtime", "robot.fps=10")
+    clock = FakeClock(100.0)
+    driver = Driver(cfg, clock=clock)
+    driver.open()
+    queue: list[Message] = []
+    driver.inbox.recv = lambda timeout_s=0.0: queue.pop(0) if queue else None
+    handle = driver._handle
+
+    def tick(late: float, handled_at: float | None = None, handling_s: float = 0.0) -> None:
+        due = driver.deadline.next_t
+        if handled_at is not None:  # a command arrives at due + handled_at and takes handling_s to handle
+            clock.t = due + handled_at
+            driver._handle = taking(clock, handling_s, handle)
+            queue.append(Message("heartbeat", 0, 0.0, {"client": "c"}, {}))
+            driver._pump(0.0)
+            driver._handle = handle
+        clock.t = max(clock.t, due + late)
+        queue.append(Message("heartbeat", 0, 0.0, {"client": "c"}, {}))
+        driver.spin_once()
+
+    try:
+        tick(0.002)
+        tick(0.002)
+        tick(0.13, handled_at=-0.05, handling_s=0.04)  # handled before due; then woken 130 ms late
+        loop = driver.loop.summary()
+        assert (loop["overruns"], loop["wakeup_overruns"]) == (1, 1)
+        assert loop["max_wakeup_late_ms"] == pytest.approx(130.0)
+        tick(0.002, handled_at=0.0, handling_s=0.25)  # handled from the due time on, for 2.5 periods
+        loop = driver.loop.summary()
+        assert (loop["overruns"], loop["wakeup_overruns"], loop["robot_overruns"]) == (2, 1, 0)
+    finally:
+        driver.close()
+
+
 @pytest.mark.timeout(120)
 def test_panda_in_real_time_paces_steps_at_the_control_rate(tmp_path):
     cfg = make_cfg(tmp_path, "robot=sim_panda", "robot.mode=realtime")

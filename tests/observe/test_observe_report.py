@@ -149,3 +149,12 @@ def test_finetune_report_with_given_numbers_and_no_metrics(tmp_path):
     ).read_text()
     assert "| before (BC start) | 3/10 | 30.0% |" in text and "no metrics were logged" in text
     assert "None recorded." in text and not (tmp_path / "finetune.png").exists()
+
+
+def test_driver_rows_of_a_run_recorded_before_late_wakeups_were_told_apart():
+    """Such a run has no wakeup_overruns: the row keeps the two causes it recorded, not a wrong three-way split."""
+    from expo_robot.observe.report import _driver_rows
+
+    old = {"ticks": 1000, "overruns": 5, "robot_overruns": 3, "robot_step_ms": 9.0, "max_robot_step_ms": 30.0}
+    row = _driver_rows(old)[0][1]
+    assert row == "5 of 1000 (0.50%): 3 after a robot step longer than a period, 2 (0.20%) the stack's"
