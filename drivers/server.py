@@ -372,7 +372,8 @@ class Driver:
         self.step += 1
         if self.mode == "lockstep":
             self.vticks += 1
-            self.loop.tick(self.clock.now())  # lock-step cadence: wall time between executed steps
+            # lock-step cadence: wall time between executed steps (this one's step included)
+            self.loop.tick(self.clock.now(), self.robot_s)
         self.last_action = result.action
         self.counters["steps_executed"] += 1
         limit = self.monitor.episode_limit(self.step, self.now() - self.episode_t0)
@@ -490,7 +491,12 @@ class Driver:
             "fresh": fresh,
             "intervention": False,  # a teleop takeover; safety changes are in safety.reasons
             "safety": safety,
-            "loop": {"mode": self.mode, "fifo_priority": self.fifo_priority, **self.loop.summary()},
+            "loop": {
+                "mode": self.mode,
+                "realtime": int(self.mode == "realtime"),
+                "fifo_priority": self.fifo_priority,
+                **self.loop.summary(),
+            },
             "counters": {**self.counters, **{f"inbox.{k}": v for k, v in self.inbox.stats().items()}},
             **self.last_result,
         }

@@ -78,6 +78,11 @@ def _driver_rows(loop: Mapping | None) -> list[list[str]]:
     (the loop's own work, counted as the stack's). Runs recorded before late wake-ups were told apart: two causes."""
     if not loop or not loop.get("ticks") or "robot_overruns" not in loop:
         return []
+    step = ["robot step mean / max", f"{loop['robot_step_ms']:.2f} ms / {loop['max_robot_step_ms']:.2f} ms"]
+    if (
+        loop.get("realtime") == 0
+    ):  # lock-step: the loop waits for each command by design; no tick grid to miss
+        return [step]
     ticks, late, robot = int(loop["ticks"]), int(loop["overruns"]), int(loop["robot_overruns"])
     head = f"{late} of {ticks} ({100 * late / ticks:.2f}%): {robot} after a robot step longer than a period"
     if "wakeup_overruns" in loop:
@@ -88,10 +93,7 @@ def _driver_rows(loop: Mapping | None) -> list[list[str]]:
                 f"{rest} ({100 * rest / ticks:.2f}%) the loop's own work")  # fmt: skip
     else:
         text = f"{head}, {late - robot} ({100 * (late - robot) / ticks:.2f}%) the stack's"
-    return [
-        ["driver ticks > a period late", text],
-        ["robot step mean / max", f"{loop['robot_step_ms']:.2f} ms / {loop['max_robot_step_ms']:.2f} ms"],
-    ]
+    return [["driver ticks > a period late", text], step]
 
 
 def _latency_rows(lat: Mapping | None) -> list[list[str]]:

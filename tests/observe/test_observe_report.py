@@ -158,3 +158,12 @@ def test_driver_rows_of_a_run_recorded_before_late_wakeups_were_told_apart():
     old = {"ticks": 1000, "overruns": 5, "robot_overruns": 3, "robot_step_ms": 9.0, "max_robot_step_ms": 30.0}
     row = _driver_rows(old)[0][1]
     assert row == "5 of 1000 (0.50%): 3 after a robot step longer than a period, 2 (0.20%) the stack's"
+
+
+def test_driver_rows_of_a_lockstep_run_show_the_robot_step_only():
+    """In lock-step the driver waits for each command by design: there is no tick grid to be late on."""
+    from expo_robot.observe.report import _driver_rows
+
+    loop = {"realtime": 0, "ticks": 900, "overruns": 0, "robot_overruns": 0, "robot_step_ms": 11.5,
+            "max_robot_step_ms": 40.0}  # fmt: skip
+    assert _driver_rows(loop) == [["robot step mean / max", "11.50 ms / 40.00 ms"]]
