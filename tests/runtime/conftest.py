@@ -29,19 +29,19 @@ TINY = [
 class Processes:
     """Processes of one test; everything still running is killed at the end."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, seed_root: Path):
         self.tmp = tmp_path
         self.procs: list[subprocess.Popen] = []
         weights, transitions = free_tcp_ports(2)
         self.learner_ports = [f"runtime.weights_port={weights}", f"runtime.transitions_port={transitions}"]
-        self.seed_root = f"session.offline.root={tmp_path / 'seed'}"
+        self.seed_root = f"session.offline.root={seed_root}"
 
     def robot_ports(self) -> list[str]:
         obs, cmd = free_tcp_ports(2)
         return [f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}"]
 
     def common(self) -> list[str]:
-        """Tiny budgets, this test's seed-data folder and learner ports."""
+        """Tiny budgets, the shared seed-data folder and this test's learner ports."""
         return [*TINY, self.seed_root, *self.learner_ports]
 
     def start(self, command: str, run_dir: Path, *overrides: str) -> subprocess.Popen:
@@ -78,8 +78,15 @@ class Processes:
                 p.wait()
 
 
+@pytest.fixture(scope="session")
+def seed_root(tmp_path_factory) -> Path:
+    """One seed-data folder for every session test: the first learner generates the tiny dataset (atomically, so a
+    killed learner leaves none half-written), the others find it there, as a session finds data/seed."""
+    return tmp_path_factory.mktemp("seed")
+
+
 @pytest.fixture
-def processes(tmp_path):
-    procs = Processes(tmp_path)
+def processes(tmp_path, seed_root):
+    procs = Processes(tmp_path, seed_root)
     yield procs
     procs.close()
