@@ -206,28 +206,32 @@ class Driver:
 
     def spin_once(self) -> None:
         if self.mode == "realtime":
-            # wait for the next tick in short slices, so the watchdog reacts between ticks too
-            self._pump(min(self.deadline.remaining(), self.monitor.hold_after_s / 4))
-            self._watch()
-            if self.deadline.remaining() > 0:
-                return
-            now = self.clock.now()
-            self.tick_t = self.deadline.next_t
-            self.deadline.advance()
-            # how long after the loop was free to tick (due, the last tick's work done, commands handled) it ran
-            wakeup_late_s = now - max(self.tick_t, self._idle_since) - self._handled_late_s
-            self.loop.tick(now, self.robot_s, wakeup_late_s)
-            self.robot_s, self._handled_late_s = None, 0.0
-        else:
-            due = self.chunk is not None and self._due_index(self.chunk) is not None
-            # nothing due: sleep in the poller (a command wakes it at once) but wake for the watchdog, and for
-            # the next read of the operator's device
-            idle_s = self.monitor.hold_after_s / 4
-            if self.teleop is not None:
-                next_read = self._next_teleop_read - self.clock.now() if self.teleop.paced else 0.0
-                due = due or (self.takeover and next_read <= 0)
-                idle_s = min(idle_s, max(next_read, 0.0) if self.takeover else 1.0 / self.fps)
-            self._pump(0.0 if due and self.monitor.state == "ok" else idle_s)
+            self._spin_realtime()
+            return
+        due = self.chunk is not None and self._due_index(self.chunk) is not None
+        # nothing due: sleep in the poller (a command wakes it at once) but wake for the watchdog, and for
+        # the next read of the operator's device
+        idle_s = self.monitor.hold_after_s / 4
+        if self.teleop is not None:
+            next_read = self._next_teleop_read - self.clock.now() if self.teleop.paced else 0.0
+            due = due or (self.takeover and next_read <= 0)
+            idle_s = min(idle_s, max(next_read, 0.0) if self.takeover else 1.0 / self.fps)
+        self._pump(0.0 if due and self.monitor.state == "ok" else idle_s)
+        self._tick()
+
+    def _spin_realtime(self) -> None:
+        # wait for the next tick in short slices, so the watchdog reacts between ticks too
+        self._pump(min(self.deadline.remaining(), self.monitor.hold_after_s / 4))
+        self._watch()
+        if self.deadline.remaining() > 0:
+            return
+        now = self.clock.now()
+        self.tick_t = self.deadline.next_t
+        self.deadline.advance()
+        # how long after the loop was free to tick (due, the last tick's work done, commands handled) it ran
+        wakeup_late_s = now - max(self.tick_t, self._idle_since) - self._handled_late_s
+        self.loop.tick(now, self.robot_s, wakeup_late_s)
+        self.robot_s, self._handled_late_s = None, 0.0
         self._tick()
         self._idle_since = self.clock.now()
 
@@ -240,9 +244,8 @@ class Driver:
         while msg is not None:
             self._handle(msg)
             msg = self.inbox.recv(0.0)
-        if (
-            self.mode == "realtime"
-        ):  # handling after the next tick could have run delays it: the loop's own work
+        if self.mode == "realtime":
+            # handling after the next tick could have run delays it: the loop's own work (LoopStats)
             free = max(self.deadline.next_t, self._idle_since)
             self._handled_late_s += max(0.0, self.clock.now() - max(start, free))
 
@@ -491,12 +494,7 @@ class Driver:
             "fresh": fresh,
             "intervention": False,  # a teleop takeover; safety changes are in safety.reasons
             "safety": safety,
-            "loop": {
-                "mode": self.mode,
-                "realtime": int(self.mode == "realtime"),
-                "fifo_priority": self.fifo_priority,
-                **self.loop.summary(),
-            },
+            "loop": {"mode": self.mode, "fifo_priority": self.fifo_priority, **self.loop.summary()},
             "counters": {**self.counters, **{f"inbox.{k}": v for k, v in self.inbox.stats().items()}},
             **self.last_result,
         }

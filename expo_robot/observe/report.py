@@ -79,10 +79,8 @@ def _driver_rows(loop: Mapping | None) -> list[list[str]]:
     if not loop or not loop.get("ticks") or "robot_overruns" not in loop:
         return []
     step = ["robot step mean / max", f"{loop['robot_step_ms']:.2f} ms / {loop['max_robot_step_ms']:.2f} ms"]
-    if (
-        loop.get("realtime") == 0
-    ):  # lock-step: the loop waits for each command by design; no tick grid to miss
-        return [step]
+    if loop.get("realtime") == 0:
+        return [step]  # lock-step: the loop waits for each command by design; no tick grid to miss
     ticks, late, robot = int(loop["ticks"]), int(loop["overruns"]), int(loop["robot_overruns"])
     head = f"{late} of {ticks} ({100 * late / ticks:.2f}%): {robot} after a robot step longer than a period"
     if "wakeup_overruns" in loop:

@@ -534,6 +534,8 @@ class Actor:
                 "policy/latency_p99_ms": lat.get("p99_ms", 0.0),
                 # The driver's own loop cadence since it started (meaningful in real-time mode).
                 **{f"driver/{k}": v for k, v in (self.last_loop or {}).items() if isinstance(v, int | float)},
+                # (metrics are numbers: the mode as one, for the report)
+                "driver/realtime": int((self.last_loop or {}).get("mode") == "realtime"),
                 "weights/version": self.link.weights_version,
             },
         )
