@@ -190,10 +190,8 @@ def realtime_session(seconds: int, fps: int = 50) -> dict:
 def host_steal_s() -> float | None:
     """Seconds of CPU time the host has taken from this virtual machine since boot (Linux /proc/stat), or None."""
     try:
-        fields = (
-            Path("/proc/stat").read_text().split("\n", 1)[0].split()
-        )  # cpu user nice system idle ... steal
-        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+        cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()  # cpu user nice system idle ... steal
+        return int(cpu[8]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
 
@@ -208,17 +206,11 @@ def run(cfg: DictConfig, words: list[str]) -> dict:
     if p["steps"]:
         latency_figures(cfg, p["steps"], figures, summary)
     if p["realtime_s"]:
-        figures["realtime"] = realtime_session(p["realtime_s"])
-        print("real-time session:", json.dumps(figures["realtime"]))
-        summary |= {
-            "realtime_fps": figures["realtime"]["fps"],
-            "realtime_seconds": figures["realtime"]["seconds"],
-            "overrun_pct": figures["realtime"]["overrun_pct"],
-            "stack_overrun_pct": figures["realtime"]["stack_overrun_pct"],
-            "wakeup_overruns": figures["realtime"]["wakeup_overruns"],
-            "robot_step_ms": figures["realtime"]["robot_step_ms"],
-            "executed_rate_hz": (figures["realtime"]["step_periods"] or {}).get("rate_hz"),
-        }
+        rt = figures["realtime"] = realtime_session(p["realtime_s"])
+        print("real-time session:", json.dumps(rt))
+        summary |= {"realtime_fps": rt["fps"], "realtime_seconds": rt["seconds"],
+                    **{k: rt[k] for k in ("overrun_pct", "stack_overrun_pct", "wakeup_overruns", "robot_step_ms")},
+                    "executed_rate_hz": (rt["step_periods"] or {}).get("rate_hz")}  # fmt: skip
     doc = {"summary": summary, "figures": figures}
     return doc if "result_name" not in p else {**doc, "result_name": p["result_name"]}
 
