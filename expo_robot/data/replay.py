@@ -198,9 +198,9 @@ class FrameStore:
 
     def put(self, frames: np.ndarray) -> np.ndarray:
         """Slots of `frames` [N, H, W, C], each frame stored unless an identical one is; one reference each."""
+        frames = np.ascontiguousarray(frames, np.uint8)  # (then every frame is one contiguous buffer to digest)
         slots = np.empty(len(frames), np.int64)
         for i, frame in enumerate(frames):
-            frame = np.ascontiguousarray(frame, np.uint8)
             key = hashlib.blake2b(frame, digest_size=16).digest()
             slot = self._slot_of.get(key)
             if slot is None:
