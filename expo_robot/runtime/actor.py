@@ -609,11 +609,21 @@ class Actor:
                 return
             time.sleep(0.005)
 
-    def _wait_for_learner_to_store(self, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.link.unreceived() > 0 and time.monotonic() < deadline:
+    def _wait_for_learner_to_store(self) -> None:
+        """Before the actor exits, the learner must hold every batch: a learner that is restarting (a slow start on a
+        loaded machine) gets `session.final_store_timeout_s`; what it still lacks then is named, never dropped quietly."""
+        deadline = time.monotonic() + float(self.session.final_store_timeout_s)
+        while self.link.unreceived() > 0 and time.monotonic() < deadline and not self.stop.is_set():
             self.link.poll()
             time.sleep(0.05)
+        if (missing := self.link.unreceived()) > 0:
+            log.error(
+                "%s: the learner did not receive the last %d transition batches within %.0f s "
+                "(raise session.final_store_timeout_s, or check the learner is running)",
+                self.id,
+                missing,
+                float(self.session.final_store_timeout_s),
+            )
 
     def close(self) -> None:
         for writer in self.writers.values():
