@@ -1,8 +1,10 @@
-"""Fuzz the driver's sockets: malformed and random messages never crash it, never move the robot outside its limits,
-and the counters account for every message. The default run is short; `-m slow` sends 100k."""
+"""Fuzz the driver's sockets: malformed and random messages, and well-formed ones with hostile values, never crash it,
+never move the robot outside its limits, and the counters account for every message. The default run is short;
+`-m slow` sends 100k."""
 
 import socket
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import zmq
 from driver_helpers import make_cfg, running_driver, wait_for
 
 from expo_robot.transport import RobotClient
-from expo_robot.transport.protocol import driver_inbox
+from expo_robot.transport.protocol import check_command, driver_inbox
 from expo_robot.transport.wire import PROTOCOL_VERSION, WireError, decode, encode, read_header, write_header
 
 A = 4
@@ -25,7 +27,7 @@ def chunk(rng, actions, client="fuzz") -> list:
 
 def random_message(rng: np.random.Generator) -> list:
     """One message: valid chunks with wild values, or one of many kinds of malformed message."""
-    kind = int(rng.integers(12))
+    kind = int(rng.integers(13))
     h = int(rng.integers(1, 20))
     if kind <= 2:  # valid wire format, values anywhere (the safety layer must cope)
         return chunk(rng, rng.normal(0, 5, (h, A)).astype(np.float32))
@@ -54,11 +56,11 @@ def random_message(rng: np.random.Generator) -> list:
         header = read_header(frames[0])
         header["v"] = int(rng.choice([0, PROTOCOL_VERSION + 1, -1, 2**31]))
         return [write_header(header), *frames[1:]]
-    if kind == 8:  # huge declared sizes, and a big real frame
+    if kind == 8:  # huge declared sizes, and a real frame as large as the socket lets through (larger: below)
         frames = chunk(rng, np.zeros((h, A), np.float32))
         header = read_header(frames[0])
         header["fields"][0][2] = [int(rng.integers(10**6, 10**12)), A]
-        return [write_header(header), *(frames[1:] if rng.random() < 0.5 else [bytes(2_000_000)])]
+        return [write_header(header), *(frames[1:] if rng.random() < 0.5 else [bytes(60_000)])]
     if kind == 9:  # commands with wrong or missing meta, unknown ops (estop/reset would be valid: left out)
         meta = [{"op": "launch", "client": "fuzz"}, {"op": 3, "client": "fuzz"}, {"client": "fuzz"}, {}][
             int(rng.integers(4))
@@ -75,15 +77,44 @@ def random_message(rng: np.random.Generator) -> list:
             1e400,
         ][int(rng.integers(5))]
         return [write_header(header)]
+    if kind == 11:  # well-formed, hostile values: times, ids, seeds, lengths, client ids
+        return hostile_values(rng)
     return encode("heartbeat", meta={"client": "fuzz"})  # valid
 
 
-def expected_valid(frames: list) -> bool:
+def hostile_values(rng: np.random.Generator) -> list:
+    pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
+    if rng.random() < 0.5:
+        steps = pick([0, 1, 3])
+        meta = {
+            "t0": pick([1e308, -1e308, 5e-324, 1e6, -1e6, float(rng.uniform(-5, 50))]),
+            "chunk_id": pick([-1, -2, 2**63, 2**64 - 1, 0, 5]),
+            "client": pick(["", "x" * 129, "fuzz"]),
+        }
+        return encode("chunk", {"actions": rng.normal(0, 5, (steps, A)).astype(np.float32)}, meta)
+    meta = {"op": pick(["reset", "hello", "clear_estop"]), "client": pick(["", "x" * 1000, "fuzz"])}
+    meta["seed"] = pick([-1, 2**32, 2**64 - 1, -(2**63), 1.5, True, "7", None, 0, 2**32 - 1])
+    return encode("cmd", meta=meta, seq=pick([-1, 0, 2**63 - 1]))
+
+
+def oversize_frame(port: int, ctx: zmq.Context) -> None:
+    """A frame over the socket's limit: ZeroMQ drops that connection from the frame's length prefix (it is never
+    received, so never counted); sent from its own socket so the fuzz stream's connection is not the one dropped."""
+    with ctx.socket(zmq.PUSH) as push:
+        push.linger = 0
+        push.connect(f"tcp://127.0.0.1:{port}")
+        push.send_multipart([encode("heartbeat", meta={"client": "big"})[0], bytes(2_000_000)])
+        time.sleep(0.05)
+
+
+def expected_reason(frames: list) -> str | None:
+    """Why the driver drops these frames (None: it accepts them, or "t0" when that depends on its clock)."""
     try:
-        msg = decode(frames, driver_inbox(A, MAX_LEN))
-    except WireError:
-        return False
-    return not (msg.type == "cmd" and msg.meta["op"] not in ("hello", "reset", "estop", "clear_estop"))
+        received = [f if isinstance(f, bytes) else memoryview(f).tobytes() for f in frames]  # as a socket reads them
+        check_command(decode(received, driver_inbox(A, MAX_LEN)), now=0.0, fps=10.0)
+    except WireError as e:
+        return e.reason
+    return None
 
 
 def raw_tcp_garbage(port: int, rng: np.random.Generator, n: int) -> None:
@@ -101,18 +132,14 @@ def fuzz(tmp_path, count: int) -> None:
         push = ctx.socket(zmq.PUSH)
         push.linger, push.sndtimeo = 0, 10_000  # block (never drop) so every message reaches the driver
         push.connect(f"tcp://127.0.0.1:{cfg.runtime.cmd_port}")
-        n_invalid = n_bad_op = 0
+        reasons = Counter()
         for i in range(count):
             frames = random_message(rng)
-            if not expected_valid(frames):
-                try:
-                    decode(frames, driver_inbox(A, MAX_LEN))
-                    n_bad_op += 1
-                except WireError:
-                    n_invalid += 1
+            reasons[expected_reason(frames)] += 1
             push.send_multipart(frames, copy=False)
             if i % 2000 == 0:
                 raw_tcp_garbage(cfg.runtime.cmd_port if i % 4000 else cfg.runtime.obs_port, rng, 5)
+                oversize_frame(cfg.runtime.cmd_port, ctx)
         wait_for(
             lambda: driver.inbox.counters["received"] >= count,
             60 + count / 1000,
@@ -120,12 +147,14 @@ def fuzz(tmp_path, count: int) -> None:
         )
         time.sleep(0.2)
         counters = driver.inbox.counters
-        # raw TCP garbage can parse as legacy ZMTP/1.0 frames: such extra messages must all be counted invalid
+        # raw TCP garbage can parse as legacy ZMTP/1.0 frames: such extra messages must all be counted invalid;
+        # a t0 is checked against the driver clock at receipt (any window around 0 here): valid or "t0"
         extra = counters["received"] - count
-        assert (
-            extra >= 0 and counters["valid"] == count - n_invalid and counters["invalid"] == n_invalid + extra
-        )
-        assert driver.counters["bad_op"] == n_bad_op
+        n_valid, n_t0 = reasons[None], counters["invalid.t0"]
+        assert extra >= 0 and counters["valid"] + n_t0 == n_valid + reasons["t0"]
+        assert counters["invalid"] == count - n_valid - reasons["t0"] + n_t0 + extra
+        for reason in ("seed", "chunk_id", "client", "chunk_empty", "op", "seq"):
+            assert counters[f"invalid.{reason}"] == reasons[reason] > 0, reason
         sent = np.array(driver.robot.sent)
         assert len(sent) > 0, "no valid chunk was ever executed: the fuzz did not reach the robot"
         check_executed(driver, sent)
