@@ -110,7 +110,7 @@ def oversize_frame(port: int, ctx: zmq.Context) -> None:
 def expected_reason(frames: list) -> str | None:
     """Why the driver drops these frames (None: it accepts them, or "t0" when that depends on its clock)."""
     try:
-        received = [f if isinstance(f, bytes) else memoryview(f).tobytes() for f in frames]  # as a socket reads them
+        received = [f if isinstance(f, bytes) else memoryview(f).tobytes() for f in frames]  # as read
         check_command(decode(received, driver_inbox(A, MAX_LEN)), now=0.0, fps=10.0)
     except WireError as e:
         return e.reason
