@@ -10,10 +10,23 @@ import numpy as np
 import pytest
 import zmq
 from driver_helpers import make_cfg, running_driver, wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
+from drivers.clock import FakeClock
+from drivers.server import Driver
 from expo_robot.transport import RobotClient
-from expo_robot.transport.protocol import check_command, driver_inbox
-from expo_robot.transport.wire import PROTOCOL_VERSION, WireError, decode, encode, read_header, write_header
+from expo_robot.transport.protocol import OPS, check_command, driver_inbox
+from expo_robot.transport.wire import (
+    PROTOCOL_VERSION,
+    Message,
+    WireError,
+    decode,
+    encode,
+    read_header,
+    write_header,
+)
 
 A = 4
 MAX_LEN = 256
@@ -193,3 +206,121 @@ def test_fuzz_driver_sockets(tmp_path):
 @pytest.mark.timeout(900)
 def test_fuzz_driver_sockets_100k(tmp_path):
     fuzz(tmp_path, 100_000)
+
+
+# ---- hypothesis: well-formed commands, hostile values (issue 14) ----
+# Every message below is well-formed (it encodes; the schema's types may or may not hold); its values go anywhere a
+# 64-bit msgpack integer or a finite double can: the driver must drop or execute it safely, never raise.
+INTS = st.one_of(
+    st.integers(-(2**63), 2**64 - 1),
+    st.sampled_from([-(2**63), -2, -1, 0, 1, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1]),
+)
+FINITE = st.floats(allow_nan=False, allow_infinity=False)  # up to +-1.8e308 (the wire refuses NaN/Inf itself)
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    INTS,
+    FINITE,
+    st.text(max_size=40),
+    st.binary(max_size=16),
+    st.lists(INTS, max_size=3),
+)
+
+
+def mostly(plausible, hostile):
+    """Three draws in four plausible, so that hostile values meet a driver that is executing something."""
+    return st.one_of(plausible, plausible, plausible, hostile)
+
+
+CLIENTS = mostly(st.sampled_from(["actor", "other"]), st.text(max_size=200))
+T0 = st.one_of(  # relative to the driver clock when sent (plausible, or anywhere), or absolute
+    mostly(st.tuples(st.just("now+"), st.floats(-1.0, 0.1)), st.tuples(st.just("now+"), FINITE)),
+    st.tuples(st.just("="), st.one_of(INTS, FINITE)),
+)
+ACTIONS = st.integers(0, 16).flatmap(
+    lambda h: hnp.arrays(
+        np.float32, (h, A), elements=st.floats(width=32, allow_nan=False, allow_infinity=False)
+    )
+)
+SEQ = mostly(st.integers(0, 10**6), INTS)
+CHUNK = st.fixed_dictionaries(
+    {
+        "type": st.just("chunk"),
+        "t0": T0,
+        "chunk_id": mostly(st.integers(0, 9), INTS),
+        "client": CLIENTS,
+        "actions": ACTIONS,
+        "seq": SEQ,
+    }
+)
+CMD = st.fixed_dictionaries(
+    {"type": st.just("cmd"), "op": mostly(st.sampled_from(OPS), st.text(max_size=12)), "client": CLIENTS},
+    optional={"seed": VALUES, "reason": VALUES, "seq": SEQ, "extra": VALUES},
+)
+HEARTBEAT = st.fixed_dictionaries({"type": st.just("heartbeat"), "client": CLIENTS}, optional={"seq": SEQ})
+STEP = st.tuples(  # a message, whether the chunk's sender heartbeats, how far the clock moves
+    st.one_of(CHUNK, CHUNK, CMD, HEARTBEAT), mostly(st.just(True), st.just(False)), st.floats(0.0, 0.25)
+)
+
+
+def as_frames(message: dict, now: float) -> list[bytes]:
+    """The message as a socket delivers it: a header and raw array buffers."""
+    meta = {k: v for k, v in message.items() if k not in ("type", "actions", "seq")}
+    if "t0" in meta:
+        how, value = meta["t0"]
+        meta["t0"] = now + value if how == "now+" else value
+    arrays = (
+        {"actions": message.get("actions", np.zeros((2, A), np.float32))}
+        if message["type"] == "chunk"
+        else {}
+    )
+    frames = encode(message["type"], arrays, meta, seq=message.get("seq", 0))
+    return [f if isinstance(f, bytes) else np.asarray(f).tobytes() for f in frames]
+
+
+def hypothesis_fuzz(tmp_path, mode: str, examples: int) -> None:
+    cfg = make_cfg(
+        tmp_path, f"robot.mode={mode}", "task.max_episode_steps=1000000", "safety.max_episode_steps=1000000"
+    )
+    clock = FakeClock(1000.0)
+    driver = Driver(cfg, clock=clock)
+    driver.open()
+    stats = Counter()
+
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(STEP, min_size=1, max_size=12))
+    def run(steps) -> None:
+        for op in ("clear_estop", "reset"):  # each example starts from an ordinary episode
+            driver._handle(Message("cmd", 0, 0.0, {"op": op, "client": "actor"}, {}))
+        for message, sender_heartbeats, dt in steps:
+            msg = driver.inbox._validate(as_frames(message, driver.now()), raise_invalid=False)
+            stats["accepted" if msg is not None else "dropped"] += 1
+            if msg is not None:
+                driver._handle(msg)
+            clock.advance(dt)
+            if sender_heartbeats:  # just before the tick (a live client heartbeats every quarter period)
+                client = driver.chunk.client if driver.chunk is not None else "actor"
+                driver._handle(Message("heartbeat", 0, 0.0, {"client": client}, {}))
+            driver._tick()
+
+    try:
+        run()  # 0 crashes: nothing raised out of the driver
+        sent = np.array(driver.robot.sent)
+        print(f"{mode}: {stats}, {len(sent)} steps executed, drops by reason {dict(driver.inbox.counters)}")
+        assert len(sent) > 0 and stats["dropped"] > 0 and stats["accepted"] > 0
+        check_executed(driver, sent)  # 0 commands outside the safety limits
+    finally:
+        driver.close()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["lockstep", "realtime"])
+def test_hypothesis_hostile_values_never_crash_the_driver_nor_leave_the_limits(tmp_path, mode):
+    hypothesis_fuzz(tmp_path, mode, examples=150)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("mode", ["lockstep", "realtime"])
+def test_hypothesis_hostile_values_never_crash_the_driver_nor_leave_the_limits_5k(tmp_path, mode):
+    hypothesis_fuzz(tmp_path, mode, examples=5000)
