@@ -11,6 +11,10 @@ so a slow step does not push the answer a tick late); a policy answering it send
 - realtime: the driver clock is the monotonic clock; one tick per period; no due step -> hold.
 - lockstep: the driver clock is virtual (executed steps / fps). The simulator steps as soon as a step is due at the
   current virtual time, otherwise the driver waits for commands. The watchdog still runs on the wall clock.
+Commands: their values are checked as they are read (protocol.check_command; a bad one is counted in the inbox's
+`invalid.<reason>` and dropped). The watchdog follows the sender of the chunk being executed: hold when that client
+is silent, whatever other clients send; with no chunk, any client keeps the driver out of the safe state. Any
+unexpected exception in the loop: hold, safe state (published with the error as its reason), exit code 70.
 Episodes: on terminated/truncated (or a safety episode limit) the driver holds until a `reset` command, then
 publishes step 0 of the next episode.
 Teleop (configs/teleop): the operator's device runs here, in the loop. While it returns a command the operator holds
@@ -309,11 +313,10 @@ class Driver:
             self.chunk = None
         elif state == "ok":
             self.filter.arm(self.robot.hold_action(self.last_action))
+            # (out of a hold through the operator's device: a silent sender's chunk is not resumed)
             alive_after = self.clock.now() - self.monitor.hold_after_s
             if self.chunk is not None and self.chunk.last_heard < alive_after:
-                self.chunk = (
-                    None  # its sender is gone (an operator took over); a restarted policy sends its own
-                )
+                self.chunk = None  # a restarted policy sends its own
 
     # ---- chunks ----
     def _due_index(self, c: Chunk) -> int | None:
@@ -584,6 +587,7 @@ def main(cfg: Any, words: list[str]) -> int:
     run_dir = make_run_dir(cfg, "driver")
     apply_scheduling(cfg.runtime, "driver")
     stop = threading.Event()
+    driver: Driver | None = None
 
     def _stop(signum: int, _frame: Any) -> None:
         log.info("driver: %s received, stopping", signal.Signals(signum).name)
@@ -601,8 +605,10 @@ def main(cfg: Any, words: list[str]) -> int:
         return 1
     except Exception as e:  # the last resort: Driver.run has held the robot and put it in its safe state
         where = _traceback_to_log_file(e)
+        started = driver is not None and driver.ready.is_set()
         log.error(
-            "driver: unexpected error, robot put in its safe state: %s%s",
+            "driver: unexpected error, %s: %s%s",
+            "robot put in its safe state" if started else "at start-up",
             one_line(e),
             f" (traceback in {where})" if where else "",
         )
