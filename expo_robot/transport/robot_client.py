@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from expo_robot.transport.protocol import (
+    MAX_CHUNK_ID,
+    SEED_MAX,
     EStopLatchedError,
     HandshakeError,
     PeerTimeoutError,
@@ -312,6 +314,8 @@ class RobotClient:
             )
         if not np.isfinite(actions).all():
             raise ValueError("chunk holds NaN or Inf; the driver would drop it")
+        if not 0 <= int(chunk_id) <= MAX_CHUNK_ID:
+            raise ValueError(f"chunk_id must be in 0..2**63-1 (the driver drops others), got {chunk_id}")
         meta = {"t0": float(t0), "chunk_id": int(chunk_id), "client": self.client_id}
         if not self._push.send("chunk", {"actions": actions}, meta):
             raise PeerTimeoutError(f"chunk could not be queued to {self.cmd_addr}: the driver is not reading")
@@ -324,6 +328,10 @@ class RobotClient:
         nothing comes.
         """
         self._require()
+        if seed is not None and not 0 <= int(seed) <= SEED_MAX:
+            raise ValueError(
+                f"seed must be in 0..2**32-1 (what the simulator takes; the driver drops others), got {seed}"
+            )
         before = self.latest.episode if self.latest is not None else -1
         self._cmd("reset", **({"seed": int(seed)} if seed is not None else {}))
         if wait_s is None:

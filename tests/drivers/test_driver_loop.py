@@ -551,6 +551,10 @@ def test_hostile_values_are_counted_by_reason_and_dropped(tmp_path):
             lambda: (o := robot.latest_obs(0.1)) and "inbox.invalid.t0" in o.counters and o, 5, "obs"
         )
         assert obs.counters["inbox.invalid.t0"] == 3 and obs.counters["inbox.invalid.seed"] == 6
+        with pytest.raises(ValueError, match=r"seed must be in 0\.\.2\*\*32-1"):  # said at the client already
+            robot.reset(seed=-1)
+        with pytest.raises(ValueError, match="chunk_id"):
+            robot.send_chunk(chunk(2), t0=first.t + 0.1, chunk_id=-2)
         # alive and serving: the largest legal seed, then a chunk
         obs = robot.reset(seed=2**32 - 1, wait_s=30)
         robot.send_chunk(chunk(2), t0=obs.t + 0.1, chunk_id=2**63 - 1)
