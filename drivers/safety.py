@@ -262,8 +262,8 @@ class SafetyMonitor:
         self._enter("hold", "e-stop cleared by operator; waiting for commands")
         return True
 
-    def shutdown(self) -> None:
-        self._enter("safe_state", "driver shutting down")
+    def shutdown(self, reason: str = "driver shutting down") -> None:
+        self._enter("safe_state", reason)
 
     def episode_end(self, reason: str) -> None:
         if self.state != "estop":

@@ -11,6 +11,10 @@ so a slow step does not push the answer a tick late); a policy answering it send
 - realtime: the driver clock is the monotonic clock; one tick per period; no due step -> hold.
 - lockstep: the driver clock is virtual (executed steps / fps). The simulator steps as soon as a step is due at the
   current virtual time, otherwise the driver waits for commands. The watchdog still runs on the wall clock.
+Commands: their values are checked as they are read (protocol.check_command; a bad one is counted in the inbox's
+`invalid.<reason>` and dropped). The watchdog follows the sender of the chunk being executed: hold when that client
+is silent, whatever other clients send; with no chunk, any client keeps the driver out of the safe state. Any
+unexpected exception in the loop: hold, safe state (published with the error as its reason), exit code 70.
 Episodes: on terminated/truncated (or a safety episode limit) the driver holds until a `reset` command, then
 publishes step 0 of the next episode.
 Teleop (configs/teleop): the operator's device runs here, in the loop. While it returns a command the operator holds
@@ -48,7 +52,13 @@ from drivers.sim_env import SimUnavailableError
 from drivers.teleop import TeleopContext, TeleopDevice, TeleopError, make_teleop
 from expo_robot.runtime.scheduling import apply as apply_scheduling
 from expo_robot.runtime.scheduling import freeze_heap
-from expo_robot.transport.protocol import OPS, PROTOCOL_VERSION, RobotSpec, driver_inbox, image_field
+from expo_robot.transport.protocol import (
+    PROTOCOL_VERSION,
+    RobotSpec,
+    check_command,
+    driver_inbox,
+    image_field,
+)
 from expo_robot.transport.sockets import CurveKeys, Publisher, Puller, TransportError, address
 from expo_robot.transport.wire import Message
 
@@ -67,6 +77,7 @@ class Chunk:
     t0: float
     chunk_id: int
     client: str
+    last_heard: float  # when its sender was last heard from (the watchdog follows it)
     next_k: int = 0  # steps before this are executed or skipped
 
 
@@ -89,7 +100,9 @@ class Driver:
         self.counters: Counter = Counter()
         self.driver_id = uuid.uuid4().hex[:12]
         self.chunk: Chunk | None = None
-        self.alive: dict[str, float] = {}
+        # when any client was last heard from; per client only the chunk's sender matters (Chunk.last_heard), so
+        # the driver keeps no table that a stream of new client ids could grow
+        self.last_heard: float | None = None
         self.episode, self.step, self.vticks = -1, 0, 0
         self.episode_t0 = 0.0
         self.tick_t = self.state_t = (
@@ -149,6 +162,7 @@ class Driver:
             hwm=hwm,
             curve=curve,
             name="driver.cmd",
+            check=lambda msg: check_command(msg, self.now(), self.fps),
         )
         self.loop = LoopStats(1.0 / self.fps)
         # how long the last robot.send took (None: no step since the last tick)
@@ -166,14 +180,15 @@ class Driver:
             self.driver_id, r.name, self.mode, self.fps, self.pub.addr, self.inbox.addr,
         )  # fmt: skip
 
-    def close(self) -> None:
-        """Safe state, a last observation saying so, then everything released (also after a failed open)."""
+    def close(self, reason: str = "driver shutting down") -> None:
+        """Safe state, a last observation saying so (and why), then everything released (also after a failed
+        open)."""
         try:
             if self.robot.is_connected:
                 self.robot.hold()
                 self.robot.safe_state()
                 if self.ready.is_set():
-                    self.monitor.shutdown()
+                    self.monitor.shutdown(reason)
                     self._publish(fresh=False)
         finally:
             if self.teleop is not None:
@@ -186,12 +201,18 @@ class Driver:
                 self.pub.close(linger_s=0.2)  # let the final safe-state observation out
 
     def run(self, stop: threading.Event) -> None:
+        """The loop until `stop`. Whatever ends it, an unexpected exception included, the robot is held and put in
+        its safe state (close) before the exception goes on to the caller."""
+        reason = "driver shutting down"
         try:
             self.open()
             while not stop.is_set():
                 self.spin_once()
+        except Exception as e:
+            reason = f"driver error: {one_line(e)}"
+            raise
         finally:
-            self.close()
+            self.close(reason)
 
     # ---- the loop ----
     def now(self) -> float:
@@ -251,13 +272,19 @@ class Driver:
 
     def _watch(self) -> str | None:
         """Run the watchdog on the wall clock; a change is acted on and published at once."""
-        # While the operator holds the robot, its device (read by this loop) is the live command source.
-        last_alive = self.clock.now() if self.takeover else max(self.alive.values(), default=None)
-        changed = self.monitor.watchdog(self.clock.now(), last_alive)
+        changed = self.monitor.watchdog(self.clock.now(), self._source_heard())
         if changed is not None:
             self._on_state_change(changed)
             self._publish(fresh=False)
         return changed
+
+    def _source_heard(self) -> float | None:
+        """When the source of the robot's motion was last heard: the operator's device (read by this loop) while
+        they hold the robot; else the sender of the chunk being executed, whatever other clients say; else (nothing
+        to execute) any client, which keeps the driver out of the safe state."""
+        if self.takeover:
+            return self.clock.now()
+        return self.chunk.last_heard if self.chunk is not None else self.last_heard
 
     def _tick(self) -> None:
         if self._estop_request is not None:
@@ -286,9 +313,10 @@ class Driver:
             self.chunk = None
         elif state == "ok":
             self.filter.arm(self.robot.hold_action(self.last_action))
+            # (out of a hold through the operator's device: a silent sender's chunk is not resumed)
             alive_after = self.clock.now() - self.monitor.hold_after_s
-            if self.chunk is not None and self.alive.get(self.chunk.client, -math.inf) < alive_after:
-                self.chunk = None  # its sender is gone; a restarted policy sends its own
+            if self.chunk is not None and self.chunk.last_heard < alive_after:
+                self.chunk = None  # a restarted policy sends its own
 
     # ---- chunks ----
     def _due_index(self, c: Chunk) -> int | None:
@@ -399,43 +427,37 @@ class Driver:
 
     # ---- commands ----
     def _handle(self, msg: Message) -> None:
+        """One command, its values already checked (protocol.check_command, run by the inbox)."""
         client = msg.meta["client"]
-        self.alive[client] = self.clock.now()
+        self.last_heard = self.clock.now()
+        if self.chunk is not None and client == self.chunk.client:
+            self.chunk.last_heard = self.last_heard
         if msg.type == "chunk":
             self._on_chunk(msg, client)
         elif msg.type == "cmd":
             self._on_cmd(msg)
 
     def _on_chunk(self, msg: Message, client: str) -> None:
-        actions = msg.arrays["actions"]
-        if self.monitor.state == "estop" or actions.shape[0] == 0:
+        if self.monitor.state == "estop":
             self.counters["chunks_ignored"] += 1
             return
         if self.chunk is not None:
             self.counters["chunks_superseded"] += 1
         self.counters["chunks"] += 1
-        self.chunk = Chunk(
-            np.array(actions, dtype=np.float32), float(msg.meta["t0"]), msg.meta["chunk_id"], client
-        )
+        actions = np.array(msg.arrays["actions"], dtype=np.float32)
+        self.chunk = Chunk(actions, float(msg.meta["t0"]), msg.meta["chunk_id"], client, self.clock.now())
 
     def _on_cmd(self, msg: Message) -> None:
         op = msg.meta["op"]
-        if op not in OPS:
-            self.counters["bad_op"] += 1
-            if (
-                self.counters["bad_op"] & (self.counters["bad_op"] - 1) == 0
-            ):  # 1st, 2nd, 4th, ...: no log floods
-                log.warning("driver: unknown command op %r dropped (valid: %s)", op[:40], ", ".join(OPS))
-            return
         self.counters[f"cmd.{op}"] += 1
         if op == "hello":
             self.pub.send("spec", meta=self.spec.to_meta())
         elif op == "reset":
-            seed = msg.meta.get("seed")
-            self._reset_episode(seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
+            self._reset_episode(msg.meta.get("seed"))
         elif op == "estop":
+            reason = msg.meta.get("reason")
             self.chunk = None
-            self.monitor.estop(str(msg.meta.get("reason", "socket command"))[:200])
+            self.monitor.estop(reason[:200] if isinstance(reason, str) else "socket command")
             self.robot.hold()
             self._publish(fresh=False)
         elif op == "clear_estop" and self.monitor.clear_estop():
@@ -544,41 +566,69 @@ def run_driver(
     return 0
 
 
+OPERATOR_ERRORS = (
+    TransportError,
+    RobotError,
+    SimUnavailableError,
+    SafetyConfigError,
+    DriverConfigError,
+    TeleopError,
+    CameraError,
+)
+EXIT_UNEXPECTED = os.EX_SOFTWARE  # 70: a bug, not a setting to change (those exit 1)
+
+
 def main(cfg: Any, words: list[str]) -> int:
     """`expo-robot driver [overrides]`: run until SIGINT/SIGTERM, then safe state and a clean exit.
-    SIGUSR1 latches the e-stop (e.g. `kill -USR1 PID` from an operator's button script)."""
+    SIGUSR1 latches the e-stop (e.g. `kill -USR1 PID` from an operator's button script). An unexpected error puts
+    the robot in its safe state and exits 70 with one line (the traceback goes to the run's driver.log)."""
     from expo_robot.config import make_run_dir
 
     run_dir = make_run_dir(cfg, "driver")
     apply_scheduling(cfg.runtime, "driver")
     stop = threading.Event()
-    try:
-        driver = Driver(cfg)
-    except (RobotError, DriverConfigError, CameraError) as e:
-        log.error("driver: %s", e)
-        return 1
+    driver: Driver | None = None
 
     def _stop(signum: int, _frame: Any) -> None:
         log.info("driver: %s received, stopping", signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGUSR1, lambda *_: driver.request_estop("SIGUSR1 (operator)"))
-    log.info("driver: run folder %s", run_dir)
     try:
+        driver = Driver(cfg)
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGUSR1, lambda *_: driver.request_estop("SIGUSR1 (operator)"))
+        log.info("driver: run folder %s", run_dir)
         return run_driver(cfg, stop, driver=driver)
-    except (
-        TransportError,
-        RobotError,
-        SimUnavailableError,
-        SafetyConfigError,
-        DriverConfigError,
-        TeleopError,
-        CameraError,
-    ) as e:
+    except OPERATOR_ERRORS as e:
         log.error("driver: %s", e)  # one line that says what to change; no traceback for operators
         return 1
+    except Exception as e:  # the last resort: Driver.run has held the robot and put it in its safe state
+        where = _traceback_to_log_file(e)
+        started = driver is not None and driver.ready.is_set()
+        log.error(
+            "driver: unexpected error, %s: %s%s",
+            "robot put in its safe state" if started else "at start-up",
+            one_line(e),
+            f" (traceback in {where})" if where else "",
+        )
+        return EXIT_UNEXPECTED
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception as one short line: its type and message, whitespace folded."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:limit]
+
+
+def _traceback_to_log_file(e: BaseException) -> str | None:
+    """Write e's traceback to the run's log file(s) only (the console gets one line); the first file's path."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    record = log.makeRecord(
+        log.name, logging.ERROR, __file__, 0, "driver: unexpected error", (), (type(e), e, e.__traceback__)
+    )
+    for handler in files:
+        handler.handle(record)
+    return files[0].baseFilename if files else None
 
 
 if __name__ == "__main__":

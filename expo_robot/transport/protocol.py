@@ -14,6 +14,11 @@ Policy -> driver (driver's PULL, runtime.cmd_port):
   chunk arrays actions f32[H, A]; meta t0 (step k is due at t0 + k/fps), chunk_id, client
   cmd   meta op (hello | reset | estop | clear_estop), client, optional seed / reason
   heartbeat  meta client
+Values the driver accepts (`check_command`; anything else is counted as `invalid.<reason>` and dropped):
+  client 1-128 characters; header seq >= 0; chunk: 1 <= H <= max_chunk_len, 0 <= chunk_id < 2**63 (negative ids
+  are the driver's own: -1 reset, -2 operator), t0 within T0_SLACK_S of the driver clock (the past side widened by
+  the chunk's length); reset: seed absent, None or an int in 0..2**32-1 (what numpy's seeding takes). An e-stop is
+  never refused for its values: it stops the robot whatever its client or reason say.
 """
 
 from __future__ import annotations
@@ -22,10 +27,16 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from expo_robot.transport.wire import PROTOCOL_VERSION, FieldSpec, Schema
+from expo_robot.transport.wire import PROTOCOL_VERSION, FieldSpec, Message, Schema, WireError
 
 OPS = ("hello", "reset", "estop", "clear_estop")
 NUM = (int, float)
+MAX_CLIENT_ID = 128  # characters (RobotClient's ids are ~17)
+MAX_CHUNK_ID = 2**63 - 1
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (gym-hil places its cube with it) takes 0..2**32-1
+# How far from the driver clock a chunk's t0 may lie: a policy answers obs.t at the next tick, so a sane t0 is within
+# a policy's latency of now; a chunk wholly in the past (late by more than its length) would only be skipped.
+T0_SLACK_S = 10.0
 
 
 class HandshakeError(RuntimeError):
@@ -154,6 +165,52 @@ HEARTBEAT = Schema("heartbeat", {}, {"client": str})
 SPEC = Schema("spec", {}, {"state_dim": int, "action_dim": int, "fps": NUM, "mode": str})
 
 
+def check_command(msg: Message, now: float, fps: float) -> None:
+    """Range checks on a decoded driver command (its schema checked types, shapes, sizes and finiteness): raises
+    WireError(reason) for a value the driver must not act on. `now` is the driver clock that t0 is on."""
+    meta = msg.meta
+    if msg.type == "cmd" and meta["op"] == "estop":
+        return  # stopping is always safe: never refused for a bad value
+    _require(msg.seq >= 0, "seq", f"seq {msg.seq} is negative")
+    client = meta["client"]
+    _require(0 < len(client) <= MAX_CLIENT_ID, "client", f"client id has {len(client)} characters (1-128)")
+    if msg.type == "chunk":
+        _check_chunk(msg, now, fps)
+    elif msg.type == "cmd":
+        _check_cmd(meta)
+
+
+def _check_chunk(msg: Message, now: float, fps: float) -> None:
+    steps = msg.arrays["actions"].shape[0]
+    _require(steps > 0, "chunk_empty", "chunk has no steps")
+    chunk_id = msg.meta["chunk_id"]
+    _require(0 <= chunk_id <= MAX_CHUNK_ID, "chunk_id", f"chunk_id {chunk_id} is not in 0..2**63-1")
+    t0 = msg.meta["t0"]
+    earliest, latest = now - steps / fps - T0_SLACK_S, now + T0_SLACK_S
+    _require(
+        earliest <= t0 <= latest,
+        "t0",
+        f"t0 {t0:.6g} is not within the driver clock {now:.6g} -{steps / fps + T0_SLACK_S:.3g}/+{T0_SLACK_S:g} s",
+    )
+
+
+def _check_cmd(meta: dict) -> None:
+    op = meta["op"]
+    _require(op in OPS, "op", f"unknown op {op[:40]!r} (valid: {', '.join(OPS)})")
+    seed = meta.get("seed")
+    if op == "reset" and seed is not None:
+        _require(
+            type(seed) is int and 0 <= seed <= SEED_MAX,
+            "seed",
+            f"seed {str(seed)[:40]!r} is not an integer in 0..2**32-1",
+        )
+
+
+def _require(ok: bool, reason: str, detail: str) -> None:
+    if not ok:
+        raise WireError(reason, detail)
+
+
 def driver_inbox(action_dim: int, max_chunk_len: int) -> dict[str, Schema]:
     """Everything the driver accepts on its command socket."""
     return {"chunk": chunk_schema(action_dim, max_chunk_len), "cmd": CMD, "heartbeat": HEARTBEAT}
@@ -174,6 +231,7 @@ __all__ = [
     "PeerTimeoutError",
     "RobotSpec",
     "camera_shapes",
+    "check_command",
     "client_inbox",
     "driver_inbox",
     "image_field",

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from expo_robot.transport.protocol import (
+    MAX_CHUNK_ID,
+    SEED_MAX,
     EStopLatchedError,
     HandshakeError,
     PeerTimeoutError,
@@ -33,7 +35,7 @@ from expo_robot.transport.protocol import (
     image_field,
 )
 from expo_robot.transport.sockets import CurveKeys, Pusher, Subscriber, address
-from expo_robot.transport.wire import Message, VersionMismatchError, WireError
+from expo_robot.transport.wire import Message, VersionMismatchError, WireError, max_frame_bytes
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +131,31 @@ class RobotClient:
     def connect(self, timeout_s: float | None = None) -> RobotSpec:
         """Handshake with the driver: returns its spec, or raises PeerTimeoutError / HandshakeError."""
         timeout_s = float(timeout_s if timeout_s is not None else self.runtime.get("recv_timeout_s", 2.0))
-        self._open_sockets(client_inbox())
         deadline = time.monotonic() + timeout_s
+        self._open_sockets(client_inbox())  # before the spec: frames up to the wire's limit
+        spec = self._await_spec(deadline, timeout_s, hello_every_s=0.1)
+        if self.expected is not None:
+            try:
+                spec.check_against(self.expected)
+            except HandshakeError:
+                self.close()
+                raise
+        # The spec tells how large an observation can be (cameras included): the observation socket is opened
+        # again with that frame limit, and used once it is subscribed (a spec has reached it).
+        self._reopen_sub(client_inbox(spec.state_dim, spec.action_dim, spec.cameras))
+        self._await_spec(deadline, timeout_s, hello_every_s=0.02)
+        return self._accept(spec)
+
+    def _await_spec(self, deadline: float, timeout_s: float, hello_every_s: float) -> RobotSpec:
+        """Say hello until the driver's spec arrives; PeerTimeoutError at the deadline."""
         next_hello = 0.0
         while time.monotonic() < deadline:
             if time.monotonic() >= next_hello:
                 self._cmd("hello")
-                next_hello = time.monotonic() + 0.1
+                next_hello = time.monotonic() + hello_every_s
             try:
-                msg = self._sub.recv(min(0.1, max(0.0, deadline - time.monotonic())), raise_invalid=True)
+                wait_s = min(hello_every_s, max(0.0, deadline - time.monotonic()))
+                msg = self._sub.recv(wait_s, raise_invalid=True)
             except VersionMismatchError as e:
                 self.close()
                 raise HandshakeError(f"robot spec mismatch: protocol_version: {e}") from e
@@ -147,7 +165,7 @@ class RobotClient:
                     log.warning("client: dropped invalid message during handshake: %s", e)
                 continue
             if msg is not None and msg.type == "spec":
-                return self._accept(RobotSpec.from_meta(msg.meta))
+                return RobotSpec.from_meta(msg.meta)
             if msg is not None and msg.type == "obs":
                 self.latest = Observation.from_message(msg)
         self.close()
@@ -177,10 +195,23 @@ class RobotClient:
                     raise
 
     def _open_sockets(self, schema) -> None:
+        self._open_sub(schema)
         hwm = int(self.runtime.get("obs_hwm", 1000))
-        self._sub = Subscriber(self.obs_addr, schema, hwm=hwm, curve=self.curve, name="client.obs")
         self._push = Pusher(self.cmd_addr, hwm=hwm, curve=self.curve, name="client.cmd")
         self._last_heard = time.monotonic()
+
+    def _open_sub(self, schema) -> None:
+        """The observation socket; its frame limit (zmq.MAXMSGSIZE) comes from the schema's largest observation."""
+        hwm = int(self.runtime.get("obs_hwm", 1000))
+        self._sub = Subscriber(self.obs_addr, schema, hwm=hwm, curve=self.curve, name="client.obs")
+
+    def _reopen_sub(self, schema) -> None:
+        """Use `schema` for observations; the socket is opened again when its frame limit changes with it."""
+        if self._sub.sock.maxmsgsize == max_frame_bytes(schema):
+            self._sub.schema = schema
+            return
+        self._sub.close()
+        self._open_sub(schema)
 
     def _rebuild(self) -> None:
         """The driver has been silent for rebuild_after_s: new sockets. Commands queued for the lost driver (a
@@ -197,15 +228,8 @@ class RobotClient:
         )
 
     def _accept(self, spec: RobotSpec) -> RobotSpec:
-        if self.expected is not None:
-            try:
-                spec.check_against(self.expected)
-            except HandshakeError:
-                self.close()
-                raise
         self.spec = spec
         self._last_heard = time.monotonic()
-        self._sub.schema = client_inbox(spec.state_dim, spec.action_dim, spec.cameras)
         interval = min(float(self.runtime.get("heartbeat_s", 0.5)), spec.heartbeat_s)
         self._hb = _Heartbeat(self.cmd_addr, self.client_id, interval, self.curve)
         self._hb.start()
@@ -244,7 +268,7 @@ class RobotClient:
             )
             self.driver_restarts += 1
             self.spec = RobotSpec.from_meta(msg.meta)
-            self._sub.schema = client_inbox(self.spec.state_dim, self.spec.action_dim, self.spec.cameras)
+            self._reopen_sub(client_inbox(self.spec.state_dim, self.spec.action_dim, self.spec.cameras))
 
     def recv_obs(self, timeout_s: float = 1.0) -> Observation | None:
         """The next observation of an executed step (in order), or None at the deadline."""
@@ -290,6 +314,8 @@ class RobotClient:
             )
         if not np.isfinite(actions).all():
             raise ValueError("chunk holds NaN or Inf; the driver would drop it")
+        if not 0 <= int(chunk_id) <= MAX_CHUNK_ID:
+            raise ValueError(f"chunk_id must be in 0..2**63-1 (the driver drops others), got {chunk_id}")
         meta = {"t0": float(t0), "chunk_id": int(chunk_id), "client": self.client_id}
         if not self._push.send("chunk", {"actions": actions}, meta):
             raise PeerTimeoutError(f"chunk could not be queued to {self.cmd_addr}: the driver is not reading")
@@ -302,6 +328,10 @@ class RobotClient:
         nothing comes.
         """
         self._require()
+        if seed is not None and not 0 <= int(seed) <= SEED_MAX:
+            raise ValueError(
+                f"seed must be in 0..2**32-1 (what the simulator takes; the driver drops others), got {seed}"
+            )
         before = self.latest.episode if self.latest is not None else -1
         self._cmd("reset", **({"seed": int(seed)} if seed is not None else {}))
         if wait_s is None:

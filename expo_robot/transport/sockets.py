@@ -2,7 +2,9 @@
 
 Every channel: LINGER=0 (closing never blocks), a high-water mark, non-blocking sends (a full queue drops and counts
 instead of stalling a control loop), a deadline on every receive, validation of every received message (bad ones
-are counted by reason, logged and dropped), and optional CurveZMQ encryption/authentication from config.
+are counted by reason, logged and dropped), a frame size limit (zmq.MAXMSGSIZE) from its schema, so ZeroMQ drops the
+connection of a peer that sends a larger frame before allocating it, and optional CurveZMQ encryption/authentication
+from config.
 
     pub = Publisher(address(cfg.runtime, "obs"), schema=OBS)          # binds
     sub = Subscriber(address(cfg.runtime, "obs"), schema=OBS)         # connects
@@ -15,14 +17,22 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from expo_robot.transport.wire import Message, Schema, WireError, decode, encode
+from expo_robot.transport.wire import (
+    MAX_HEADER_BYTES,
+    Message,
+    Schema,
+    WireError,
+    decode,
+    encode,
+    max_frame_bytes,
+)
 
 log = logging.getLogger(__name__)
 _LOG_EVERY_S = (
@@ -127,8 +137,12 @@ class Channel:
         curve: CurveKeys | None = None,
         ctx: zmq.Context | None = None,
         name: str = "",
+        check: Callable[[Message], None] | None = None,
     ):
+        """check: the receiver's own checks of a decoded message's values (e.g. times against its clock); it raises
+        WireError, counted and dropped like a malformed message."""
         self.addr, self.schema, self.name = addr, schema, name or f"{type(self).__name__}({addr})"
+        self.check = check
         self.counters: Counter = Counter()
         self._seq = 0
         self._last_log = -_LOG_EVERY_S
@@ -136,6 +150,7 @@ class Channel:
         self.sock = self._ctx.socket(self.kind)
         self.sock.linger = 0
         self.sock.sndhwm = self.sock.rcvhwm = hwm
+        self.sock.maxmsgsize = self.max_frame_bytes()
         binds = self.binds if bind is None else bind
         try:
             if curve is not None:
@@ -155,6 +170,10 @@ class Channel:
 
     def _setup(self) -> None:
         """Socket options that must be set before bind/connect."""
+
+    def max_frame_bytes(self) -> int:
+        """The largest frame this socket accepts: the largest its schema allows (without one, the wire's limit)."""
+        return max_frame_bytes(self.schema)
 
     # ---- sending ----
     def send(
@@ -216,6 +235,8 @@ class Channel:
         self.counters["received"] += 1
         try:
             msg = decode(frames, self.schema)
+            if self.check is not None:
+                self.check(msg)
         except WireError as e:
             self.counters["invalid"] += 1
             self.counters[f"invalid.{e.reason}"] += 1
@@ -263,6 +284,9 @@ class Publisher(Channel):
 
     kind, binds = zmq.PUB, True
 
+    def max_frame_bytes(self) -> int:
+        return MAX_HEADER_BYTES  # what a publisher receives: subscriptions, a topic each (ours are empty)
+
 
 class Subscriber(Channel):
     """SUB to everything, connects. Reconnects on its own when the publisher restarts."""
@@ -277,6 +301,9 @@ class Pusher(Channel):
     """PUSH, connects. Messages queue (up to the high-water mark) until the puller is there."""
 
     kind, binds = zmq.PUSH, False
+
+    def max_frame_bytes(self) -> int:
+        return MAX_HEADER_BYTES  # a pusher receives nothing
 
 
 class Puller(Channel):

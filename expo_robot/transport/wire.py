@@ -118,6 +118,25 @@ class Schema:
     _layouts: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
+# What ZMTP (and CurveZMQ's encryption) add around a frame's bytes: a socket's frame limit leaves this much room.
+FRAME_OVERHEAD_BYTES = 1024
+
+
+def max_frame_bytes(schema: Schema | Mapping[str, Schema] | None) -> int:
+    """The largest frame a message valid under `schema` can have (the header, or one array), plus ZMTP's framing:
+    the receiving socket's zmq.MAXMSGSIZE, so that ZeroMQ refuses a larger frame from its length prefix, before
+    allocating it (a frame over this would fail `decode` anyway)."""
+    if schema is None:
+        return DEFAULT_MAX_BYTES + FRAME_OVERHEAD_BYTES
+    largest = MAX_HEADER_BYTES
+    for spec in [schema] if isinstance(schema, Schema) else schema.values():
+        for f in spec.fields.values():
+            known = f.shape is not None and None not in f.shape
+            nbytes = math.prod(f.shape) * _DTYPE[f.dtype].itemsize if known else spec.max_bytes
+            largest = max(largest, min(nbytes, spec.max_bytes))
+    return largest + FRAME_OVERHEAD_BYTES
+
+
 def _as_wire_array(name: str, value: Any) -> tuple[np.ndarray, str]:
     arr = np.asarray(value)
     dtype_name = _NAME_OF.get(arr.dtype)

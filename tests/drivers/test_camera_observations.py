@@ -21,6 +21,7 @@ from drivers.server import Driver
 from expo_robot.transport import HandshakeError, RobotClient
 from expo_robot.transport.protocol import RobotSpec, client_inbox
 from expo_robot.transport.sockets import Publisher, Subscriber, free_tcp_ports
+from expo_robot.transport.wire import FRAME_OVERHEAD_BYTES, MAX_HEADER_BYTES, max_frame_bytes
 
 pytestmark = pytest.mark.timeout(60)
 HOLD = np.array([0.0, 0.0, 0.0, 1.0], np.float32)
@@ -197,3 +198,25 @@ def test_without_cameras_the_spec_message_is_unchanged():
     assert "cameras" not in spec.to_meta() and RobotSpec.from_meta(spec.to_meta()) == spec
     with_cam = RobotSpec(**{**spec.__dict__, "cameras": {"front": (4, 5, 3)}})
     assert RobotSpec.from_meta(with_cam.to_meta()).cameras == {"front": (4, 5, 3)}
+
+
+def test_socket_frame_limits_come_from_the_robot_spec_cameras_included(tmp_path, monkeypatch):
+    """zmq.MAXMSGSIZE: the driver's command socket takes no frame over the largest header or chunk; a client's
+    observation socket, once it knows the spec, none over the largest camera frame (and still gets those)."""
+    monkeypatch.setitem(CAMERA_TYPES, "test_fake", f"{__name__}:FakeCamera")
+    cfg = make_cfg(tmp_path)
+    OmegaConf.update(
+        cfg, "cameras.list", [{"name": "front", "type": "test_fake", "height": 240, "width": 320}]
+    )
+    with running_driver(cfg) as driver, RobotClient(cfg.runtime) as robot:
+        assert (
+            driver.inbox.sock.maxmsgsize == MAX_HEADER_BYTES + FRAME_OVERHEAD_BYTES
+        )  # chunks: 4 KiB at most
+        assert driver.pub.sock.maxmsgsize == MAX_HEADER_BYTES  # subscriptions
+        spec = robot.connect(10)
+        assert robot._sub.sock.maxmsgsize == 240 * 320 * 3 + FRAME_OVERHEAD_BYTES
+        assert (
+            max_frame_bytes(client_inbox(spec.state_dim, spec.action_dim, spec.cameras))
+            == 240 * 320 * 3 + 1024
+        )
+        assert robot.reset(seed=0, wait_s=10).images["front"].shape == (240, 320, 3)

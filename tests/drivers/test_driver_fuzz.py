@@ -1,17 +1,32 @@
-"""Fuzz the driver's sockets: malformed and random messages never crash it, never move the robot outside its limits,
-and the counters account for every message. The default run is short; `-m slow` sends 100k."""
+"""Fuzz the driver's sockets: malformed and random messages, and well-formed ones with hostile values, never crash it,
+never move the robot outside its limits, and the counters account for every message. The default run is short;
+`-m slow` sends 100k."""
 
 import socket
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
 import zmq
 from driver_helpers import make_cfg, running_driver, wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
+from drivers.clock import FakeClock
+from drivers.server import Driver
 from expo_robot.transport import RobotClient
-from expo_robot.transport.protocol import driver_inbox
-from expo_robot.transport.wire import PROTOCOL_VERSION, WireError, decode, encode, read_header, write_header
+from expo_robot.transport.protocol import OPS, check_command, driver_inbox
+from expo_robot.transport.wire import (
+    PROTOCOL_VERSION,
+    Message,
+    WireError,
+    decode,
+    encode,
+    read_header,
+    write_header,
+)
 
 A = 4
 MAX_LEN = 256
@@ -25,7 +40,7 @@ def chunk(rng, actions, client="fuzz") -> list:
 
 def random_message(rng: np.random.Generator) -> list:
     """One message: valid chunks with wild values, or one of many kinds of malformed message."""
-    kind = int(rng.integers(12))
+    kind = int(rng.integers(13))
     h = int(rng.integers(1, 20))
     if kind <= 2:  # valid wire format, values anywhere (the safety layer must cope)
         return chunk(rng, rng.normal(0, 5, (h, A)).astype(np.float32))
@@ -54,11 +69,11 @@ def random_message(rng: np.random.Generator) -> list:
         header = read_header(frames[0])
         header["v"] = int(rng.choice([0, PROTOCOL_VERSION + 1, -1, 2**31]))
         return [write_header(header), *frames[1:]]
-    if kind == 8:  # huge declared sizes, and a big real frame
+    if kind == 8:  # huge declared sizes, and a real frame as large as the socket lets through (larger: below)
         frames = chunk(rng, np.zeros((h, A), np.float32))
         header = read_header(frames[0])
         header["fields"][0][2] = [int(rng.integers(10**6, 10**12)), A]
-        return [write_header(header), *(frames[1:] if rng.random() < 0.5 else [bytes(2_000_000)])]
+        return [write_header(header), *(frames[1:] if rng.random() < 0.5 else [bytes(60_000)])]
     if kind == 9:  # commands with wrong or missing meta, unknown ops (estop/reset would be valid: left out)
         meta = [{"op": "launch", "client": "fuzz"}, {"op": 3, "client": "fuzz"}, {"client": "fuzz"}, {}][
             int(rng.integers(4))
@@ -75,15 +90,44 @@ def random_message(rng: np.random.Generator) -> list:
             1e400,
         ][int(rng.integers(5))]
         return [write_header(header)]
+    if kind == 11:  # well-formed, hostile values: times, ids, seeds, lengths, client ids
+        return hostile_values(rng)
     return encode("heartbeat", meta={"client": "fuzz"})  # valid
 
 
-def expected_valid(frames: list) -> bool:
+def hostile_values(rng: np.random.Generator) -> list:
+    pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
+    if rng.random() < 0.5:
+        steps = pick([0, 1, 3])
+        meta = {
+            "t0": pick([1e308, -1e308, 5e-324, 1e6, -1e6, float(rng.uniform(-5, 50))]),
+            "chunk_id": pick([-1, -2, 2**63, 2**64 - 1, 0, 5]),
+            "client": pick(["", "x" * 129, "fuzz"]),
+        }
+        return encode("chunk", {"actions": rng.normal(0, 5, (steps, A)).astype(np.float32)}, meta)
+    meta = {"op": pick(["reset", "hello", "clear_estop"]), "client": pick(["", "x" * 1000, "fuzz"])}
+    meta["seed"] = pick([-1, 2**32, 2**64 - 1, -(2**63), 1.5, True, "7", None, 0, 2**32 - 1])
+    return encode("cmd", meta=meta, seq=pick([-1, 0, 2**63 - 1]))
+
+
+def oversize_frame(port: int, ctx: zmq.Context) -> None:
+    """A frame over the socket's limit: ZeroMQ drops that connection from the frame's length prefix (it is never
+    received, so never counted); sent from its own socket so the fuzz stream's connection is not the one dropped."""
+    with ctx.socket(zmq.PUSH) as push:
+        push.linger = 0
+        push.connect(f"tcp://127.0.0.1:{port}")
+        push.send_multipart([encode("heartbeat", meta={"client": "big"})[0], bytes(2_000_000)])
+        time.sleep(0.05)
+
+
+def expected_reason(frames: list) -> str | None:
+    """Why the driver drops these frames (None: it accepts them, or "t0" when that depends on its clock)."""
     try:
-        msg = decode(frames, driver_inbox(A, MAX_LEN))
-    except WireError:
-        return False
-    return not (msg.type == "cmd" and msg.meta["op"] not in ("hello", "reset", "estop", "clear_estop"))
+        received = [f if isinstance(f, bytes) else memoryview(f).tobytes() for f in frames]  # as read
+        check_command(decode(received, driver_inbox(A, MAX_LEN)), now=0.0, fps=10.0)
+    except WireError as e:
+        return e.reason
+    return None
 
 
 def raw_tcp_garbage(port: int, rng: np.random.Generator, n: int) -> None:
@@ -101,18 +145,14 @@ def fuzz(tmp_path, count: int) -> None:
         push = ctx.socket(zmq.PUSH)
         push.linger, push.sndtimeo = 0, 10_000  # block (never drop) so every message reaches the driver
         push.connect(f"tcp://127.0.0.1:{cfg.runtime.cmd_port}")
-        n_invalid = n_bad_op = 0
+        reasons = Counter()
         for i in range(count):
             frames = random_message(rng)
-            if not expected_valid(frames):
-                try:
-                    decode(frames, driver_inbox(A, MAX_LEN))
-                    n_bad_op += 1
-                except WireError:
-                    n_invalid += 1
+            reasons[expected_reason(frames)] += 1
             push.send_multipart(frames, copy=False)
             if i % 2000 == 0:
                 raw_tcp_garbage(cfg.runtime.cmd_port if i % 4000 else cfg.runtime.obs_port, rng, 5)
+                oversize_frame(cfg.runtime.cmd_port, ctx)
         wait_for(
             lambda: driver.inbox.counters["received"] >= count,
             60 + count / 1000,
@@ -120,12 +160,14 @@ def fuzz(tmp_path, count: int) -> None:
         )
         time.sleep(0.2)
         counters = driver.inbox.counters
-        # raw TCP garbage can parse as legacy ZMTP/1.0 frames: such extra messages must all be counted invalid
+        # raw TCP garbage can parse as legacy ZMTP/1.0 frames: such extra messages must all be counted invalid;
+        # a t0 is checked against the driver clock at receipt (any window around 0 here): valid or "t0"
         extra = counters["received"] - count
-        assert (
-            extra >= 0 and counters["valid"] == count - n_invalid and counters["invalid"] == n_invalid + extra
-        )
-        assert driver.counters["bad_op"] == n_bad_op
+        n_valid, n_t0 = reasons[None], counters["invalid.t0"]
+        assert extra >= 0 and counters["valid"] + n_t0 == n_valid + reasons["t0"]
+        assert counters["invalid"] == count - n_valid - reasons["t0"] + n_t0 + extra
+        for reason in ("seed", "chunk_id", "client", "chunk_empty", "op", "seq"):
+            assert counters[f"invalid.{reason}"] == reasons[reason] > 0, reason
         sent = np.array(driver.robot.sent)
         assert len(sent) > 0, "no valid chunk was ever executed: the fuzz did not reach the robot"
         check_executed(driver, sent)
@@ -164,3 +206,121 @@ def test_fuzz_driver_sockets(tmp_path):
 @pytest.mark.timeout(900)
 def test_fuzz_driver_sockets_100k(tmp_path):
     fuzz(tmp_path, 100_000)
+
+
+# ---- hypothesis: well-formed commands, hostile values (issue 14) ----
+# Every message below is well-formed (it encodes; the schema's types may or may not hold); its values go anywhere a
+# 64-bit msgpack integer or a finite double can: the driver must drop or execute it safely, never raise.
+INTS = st.one_of(
+    st.integers(-(2**63), 2**64 - 1),
+    st.sampled_from([-(2**63), -2, -1, 0, 1, 2**32 - 1, 2**32, 2**63 - 1, 2**63, 2**64 - 1]),
+)
+FINITE = st.floats(allow_nan=False, allow_infinity=False)  # up to +-1.8e308 (the wire refuses NaN/Inf itself)
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    INTS,
+    FINITE,
+    st.text(max_size=40),
+    st.binary(max_size=16),
+    st.lists(INTS, max_size=3),
+)
+
+
+def mostly(plausible, hostile):
+    """Three draws in four plausible, so that hostile values meet a driver that is executing something."""
+    return st.one_of(plausible, plausible, plausible, hostile)
+
+
+CLIENTS = mostly(st.sampled_from(["actor", "other"]), st.text(max_size=200))
+T0 = st.one_of(  # relative to the driver clock when sent (plausible, or anywhere), or absolute
+    mostly(st.tuples(st.just("now+"), st.floats(-1.0, 0.1)), st.tuples(st.just("now+"), FINITE)),
+    st.tuples(st.just("="), st.one_of(INTS, FINITE)),
+)
+ACTIONS = st.integers(0, 16).flatmap(
+    lambda h: hnp.arrays(
+        np.float32, (h, A), elements=st.floats(width=32, allow_nan=False, allow_infinity=False)
+    )
+)
+SEQ = mostly(st.integers(0, 10**6), INTS)
+CHUNK = st.fixed_dictionaries(
+    {
+        "type": st.just("chunk"),
+        "t0": T0,
+        "chunk_id": mostly(st.integers(0, 9), INTS),
+        "client": CLIENTS,
+        "actions": ACTIONS,
+        "seq": SEQ,
+    }
+)
+CMD = st.fixed_dictionaries(
+    {"type": st.just("cmd"), "op": mostly(st.sampled_from(OPS), st.text(max_size=12)), "client": CLIENTS},
+    optional={"seed": VALUES, "reason": VALUES, "seq": SEQ, "extra": VALUES},
+)
+HEARTBEAT = st.fixed_dictionaries({"type": st.just("heartbeat"), "client": CLIENTS}, optional={"seq": SEQ})
+STEP = st.tuples(  # a message, whether the chunk's sender heartbeats, how far the clock moves
+    st.one_of(CHUNK, CHUNK, CMD, HEARTBEAT), mostly(st.just(True), st.just(False)), st.floats(0.0, 0.25)
+)
+
+
+def as_frames(message: dict, now: float) -> list[bytes]:
+    """The message as a socket delivers it: a header and raw array buffers."""
+    meta = {k: v for k, v in message.items() if k not in ("type", "actions", "seq")}
+    if "t0" in meta:
+        how, value = meta["t0"]
+        meta["t0"] = now + value if how == "now+" else value
+    arrays = (
+        {"actions": message.get("actions", np.zeros((2, A), np.float32))}
+        if message["type"] == "chunk"
+        else {}
+    )
+    frames = encode(message["type"], arrays, meta, seq=message.get("seq", 0))
+    return [f if isinstance(f, bytes) else np.asarray(f).tobytes() for f in frames]
+
+
+def hypothesis_fuzz(tmp_path, mode: str, examples: int) -> None:
+    cfg = make_cfg(
+        tmp_path, f"robot.mode={mode}", "task.max_episode_steps=1000000", "safety.max_episode_steps=1000000"
+    )
+    clock = FakeClock(1000.0)
+    driver = Driver(cfg, clock=clock)
+    driver.open()
+    stats = Counter()
+
+    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(STEP, min_size=1, max_size=12))
+    def run(steps) -> None:
+        for op in ("clear_estop", "reset"):  # each example starts from an ordinary episode
+            driver._handle(Message("cmd", 0, 0.0, {"op": op, "client": "actor"}, {}))
+        for message, sender_heartbeats, dt in steps:
+            msg = driver.inbox._validate(as_frames(message, driver.now()), raise_invalid=False)
+            stats["accepted" if msg is not None else "dropped"] += 1
+            if msg is not None:
+                driver._handle(msg)
+            clock.advance(dt)
+            if sender_heartbeats:  # just before the tick (a live client heartbeats every quarter period)
+                client = driver.chunk.client if driver.chunk is not None else "actor"
+                driver._handle(Message("heartbeat", 0, 0.0, {"client": client}, {}))
+            driver._tick()
+
+    try:
+        run()  # 0 crashes: nothing raised out of the driver
+        sent = np.array(driver.robot.sent)
+        print(f"{mode}: {stats}, {len(sent)} steps executed, drops by reason {dict(driver.inbox.counters)}")
+        assert len(sent) > 0 and stats["dropped"] > 0 and stats["accepted"] > 0
+        check_executed(driver, sent)  # 0 commands outside the safety limits
+    finally:
+        driver.close()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["lockstep", "realtime"])
+def test_hypothesis_hostile_values_never_crash_the_driver_nor_leave_the_limits(tmp_path, mode):
+    hypothesis_fuzz(tmp_path, mode, examples=150)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("mode", ["lockstep", "realtime"])
+def test_hypothesis_hostile_values_never_crash_the_driver_nor_leave_the_limits_5k(tmp_path, mode):
+    hypothesis_fuzz(tmp_path, mode, examples=5000)

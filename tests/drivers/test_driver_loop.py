@@ -2,6 +2,7 @@
 
 import threading
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -502,3 +503,147 @@ def test_curve_encrypted_driver_accepts_only_authorised_policies(tmp_path):
         plain_rt = {**cfg.runtime, "curve": None}
         with pytest.raises(PeerTimeoutError):
             RobotClient(plain_rt).connect(1.0)
+
+
+# ---- hostile values (issue 14): well-formed commands the driver must not act on ----
+def chunk_meta(t0=0.1, chunk_id=1, client="hostile"):
+    return {"t0": t0, "chunk_id": chunk_id, "client": client}
+
+
+HOSTILE = [  # (type, meta, actions, reason the driver drops it for)
+    ("chunk", chunk_meta(t0=1e308), chunk(3), "t0"),  # crashed the driver (math.floor of an infinity)
+    ("chunk", chunk_meta(t0=-1e308), chunk(3), "t0"),
+    ("chunk", chunk_meta(t0=1e6), chunk(3), "t0"),  # would hold the robot for 11 days of virtual time
+    ("chunk", chunk_meta(chunk_id=-2), chunk(3), "chunk_id"),  # the operator's id: no disguise as teleop
+    ("chunk", chunk_meta(chunk_id=2**64 - 1), chunk(3), "chunk_id"),
+    ("chunk", chunk_meta(), chunk(0), "chunk_empty"),
+    ("chunk", chunk_meta(client=""), chunk(3), "client"),
+    ("heartbeat", {"client": "x" * 129}, None, "client"),
+    ("cmd", {"op": "reset", "client": "h", "seed": -1}, None, "seed"),  # crashed the driver (numpy's seed)
+    ("cmd", {"op": "reset", "client": "h", "seed": 2**32}, None, "seed"),
+    ("cmd", {"op": "reset", "client": "h", "seed": 2**64 - 1}, None, "seed"),
+    ("cmd", {"op": "reset", "client": "h", "seed": 1.5}, None, "seed"),
+    ("cmd", {"op": "reset", "client": "h", "seed": True}, None, "seed"),
+    ("cmd", {"op": "reset", "client": "h", "seed": "3"}, None, "seed"),
+    ("cmd", {"op": "launch", "client": "h"}, None, "op"),
+]
+
+
+def test_hostile_values_are_counted_by_reason_and_dropped(tmp_path):
+    import zmq
+
+    cfg = make_cfg(tmp_path)
+    ctx = zmq.Context()
+    with running_driver(cfg) as driver, RobotClient(cfg.runtime) as robot, ctx.socket(zmq.PUSH) as push:
+        robot.connect(10)
+        first = robot.reset(seed=0, wait_s=30)
+        push.linger = 0
+        push.connect(address(cfg.runtime, "cmd"))
+        for msg_type, meta, actions, _ in HOSTILE:
+            push.send_multipart(encode(msg_type, {"actions": actions} if actions is not None else {}, meta))
+        push.send_multipart(encode("heartbeat", meta={"client": "h"}, seq=-1))  # counters never go negative
+        wait_for(lambda: driver.inbox.counters["invalid"] >= len(HOSTILE) + 1, 10, "the driver to drop them")
+        want = Counter(reason for *_, reason in HOSTILE) + Counter(["seq"])
+        assert {r: driver.inbox.counters[f"invalid.{r}"] for r in want} == dict(want)
+        # nothing of them was acted on: no step, no new episode; and the counts are published by reason
+        assert driver.robot.sent == [] and driver.episode == first.episode
+        obs = wait_for(
+            lambda: (o := robot.latest_obs(0.1)) and "inbox.invalid.t0" in o.counters and o, 5, "obs"
+        )
+        assert obs.counters["inbox.invalid.t0"] == 3 and obs.counters["inbox.invalid.seed"] == 6
+        with pytest.raises(ValueError, match=r"seed must be in 0\.\.2\*\*32-1"):  # said at the client already
+            robot.reset(seed=-1)
+        with pytest.raises(ValueError, match="chunk_id"):
+            robot.send_chunk(chunk(2), t0=first.t + 0.1, chunk_id=-2)
+        # alive and serving: the largest legal seed, then a chunk
+        obs = robot.reset(seed=2**32 - 1, wait_s=30)
+        robot.send_chunk(chunk(2), t0=obs.t + 0.1, chunk_id=2**63 - 1)
+        assert robot.recv_obs(5.0).chunk_id == 2**63 - 1
+    ctx.destroy(linger=0)
+
+
+def test_an_estop_is_never_refused_for_its_values(tmp_path):
+    """Stopping is always safe: an e-stop with an odd client id or reason still latches (its reason replaced)."""
+    cfg = make_cfg(tmp_path)
+    driver = Driver(cfg)
+    driver.open()
+    try:
+        msg = Message("cmd", -1, 0.0, {"op": "estop", "client": "", "reason": {"x": 1}}, {})
+        driver.inbox.check(msg)  # no WireError
+        driver._handle(msg)
+        assert driver.monitor.state == "estop" and driver.monitor.status.reason == "e-stop: socket command"
+    finally:
+        driver.close()
+
+
+def test_watchdog_follows_the_chunk_sender_whatever_other_clients_do(tmp_path):
+    cfg = make_cfg(tmp_path, "robot.mode=realtime", "robot.fps=10")
+    clock = FakeClock(100.0)
+    driver = Driver(cfg, clock=clock)
+    driver.open()
+
+    def heartbeat(client: str) -> None:
+        driver._handle(Message("heartbeat", 0, 0.0, {"client": client}, {}))
+
+    try:
+        heartbeat("actor")
+        driver._handle(Message("chunk", 1, 0.0, chunk_meta(100.1, client="actor"), {"actions": chunk(50)}))
+        clock.t = 100.1
+        heartbeat("bystander")
+        driver._tick()
+        assert driver.step == 1 and driver.monitor.state == "ok"
+        for _ in range(5):  # the actor is silent; another client keeps heartbeating
+            clock.advance(0.05)
+            heartbeat("bystander")
+            driver._tick()
+        assert driver.monitor.state == "hold" and "watchdog" in driver.monitor.status.reason
+        assert driver.step == 1  # the actor was last heard at 100.0: no step of its chunk after 100.1
+        heartbeat("actor")  # back (a hiccup, not a death): the chunk goes on
+        clock.advance(0.05)
+        driver._tick()
+        assert driver.monitor.state == "ok"
+        clock.advance(
+            2.5
+        )  # the actor gone for good: hold, then the safe state, the bystander notwithstanding
+        heartbeat("bystander")
+        driver._tick()
+        assert driver.monitor.state == "safe_state" and driver.chunk is None
+    finally:
+        driver.close()
+
+
+def test_a_flood_of_client_ids_leaves_no_table_behind(tmp_path):
+    """100k unique client ids: the driver's memory and the watchdog's per-check cost do not grow with them."""
+    import tracemalloc
+
+    cfg = make_cfg(tmp_path, "robot.mode=realtime")
+    clock = FakeClock(100.0)
+    driver = Driver(cfg, clock=clock)
+    driver.open()
+
+    def watch_s(n: int = 2000) -> float:  # per check, the best of 5 runs (the machine is shared)
+        runs = []
+        for _ in range(5):
+            t = time.perf_counter()
+            for _ in range(n):
+                driver._watch()
+            runs.append((time.perf_counter() - t) / n)
+        return min(runs)
+
+    try:
+        driver._handle(Message("heartbeat", 0, 0.0, {"client": "actor"}, {}))
+        base_watch_s = watch_s()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(100_000):
+            driver._handle(Message("heartbeat", i, 0.0, {"client": f"flood-{i:06d}"}, {}))
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        flood_watch_s = watch_s()
+        print(
+            f"100k client ids: +{grown} bytes; watchdog check {base_watch_s * 1e6:.1f} -> {flood_watch_s * 1e6:.1f} us"
+        )
+        assert grown < 64 * 1024  # (a table of 100k ids was +14.5 MB)
+        assert flood_watch_s < 2 * base_watch_s + 1e-6
+    finally:
+        driver.close()
