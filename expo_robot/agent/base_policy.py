@@ -74,15 +74,28 @@ class FlowBase(nn.Module):
     def loss(self, obs: torch.Tensor, actions: torch.Tensor, generator=None) -> torch.Tensor:
         x0 = torch.randn(actions.shape, device=actions.device, generator=generator)
         t = torch.rand(actions.shape[0], 1, device=actions.device, generator=generator)
+        return self.loss_at(obs, actions, x0, t)
+
+    def loss_at(
+        self, obs: torch.Tensor, actions: torch.Tensor, x0: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss with its noise x0 [B, D] and times t [B, 1] given: a pure tensor function (torch.compile)."""
         xt = (1 - t) * x0 + t * actions
         return ((self.net(obs, xt, t) - (actions - x0)) ** 2).mean()
 
     @torch.no_grad()
-    def sample(self, obs: torch.Tensor, n: int, steps: int | None = None, generator=None) -> torch.Tensor:
+    def sample(
+        self, obs: torch.Tensor, n: int, steps: int | None = None, generator=None, noise=None
+    ) -> torch.Tensor:
+        """`noise` [B * n, D]: the starting points, when drawn beforehand (the fast update draws them all at once)."""
         steps = steps or self.steps
         b = obs.shape[0]
         o = obs.repeat_interleave(n, dim=0)
-        x = torch.randn(b * n, self.act_dim, device=obs.device, generator=generator)
+        x = (
+            torch.randn(b * n, self.act_dim, device=obs.device, generator=generator)
+            if noise is None
+            else noise
+        )
         return self._integrate(o, x, steps).clamp(-1, 1).reshape(b, n, self.act_dim)
 
     def _integrate(self, obs: torch.Tensor, x: torch.Tensor, steps: int) -> torch.Tensor:

@@ -7,6 +7,8 @@ One class with two flags covers the paper's method and its ablations:
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from expo_robot.agent.bc import BCAgent
@@ -17,10 +19,13 @@ from expo_robot.agent.critic import (
     make_target,
     random_subset,
 )
+from expo_robot.agent.fast_update import FastUpdate, unsupported
 from expo_robot.agent.gaussian import EditPolicy
 from expo_robot.agent.nets import grad_norm
 from expo_robot.agent.proposal_cache import ProposalCache
 from expo_robot.agent.select import Selection, select
+
+log = logging.getLogger(__name__)
 
 
 class ExpoAgent(BCAgent):
@@ -47,14 +52,25 @@ class ExpoAgent(BCAgent):
         self.modules.update(edit=self.edit, critic=self.critic, critic_target=self.critic_target)
         self.modules["temperature"] = self.temperature
         self.optims.update(
-            edit=torch.optim.Adam(self.edit.parameters(), lr=e["lr"]),
-            critic=torch.optim.Adam([*self.critic.parameters(), *self.encoder_params("critic")], lr=c["lr"]),
-            alpha=torch.optim.Adam(self.temperature.parameters(), lr=a["lr"]),
+            edit=self.optimizer(torch.optim.Adam, self.edit.parameters(), lr=e["lr"]),
+            critic=self.optimizer(
+                torch.optim.Adam, [*self.critic.parameters(), *self.encoder_params("critic")], lr=c["lr"]
+            ),
+            alpha=self.optimizer(torch.optim.Adam, self.temperature.parameters(), lr=a["lr"]),
         )
         self.cache = None
         self._capacities = {0: 0, 1: 0}  # buffer sizes, for the proposal cache's slots (set by update)
         if s.get("proposal_cache_age", 0) > 0:
             self.cache = ProposalCache(s["proposal_cache_age"], s["n_backup"], self.act_dim, self.device)
+        self.fast_update = None  # agent.fast: the same update without its overhead (fast_update.py)
+        if cfg.get("fast", False):
+            reason = unsupported(self)
+            if reason is None:
+                self.fast_update = FastUpdate(
+                    self, bool(cfg.get("compile", False)), cfg.get("compile_mode", "default")
+                )
+            else:
+                log.info("agent.fast: %s needs the eager update; running that one", reason)
 
     # ----- selection: the one place that proposes, edits, scores and picks -----
     def subset(self) -> torch.Tensor:
@@ -159,7 +175,12 @@ class ExpoAgent(BCAgent):
 
     # ----- one env step's worth of learning -----
     def update(self, offline_buffer, online_buffer) -> dict:
-        """UTD critic steps on symmetric minibatches, then one base, one edit and one alpha step on the last."""
+        """UTD critic steps on symmetric minibatches, then one base, one edit and one alpha step on the last.
+
+        With `agent.fast`, the same update laid out for speed; its metrics are 0-d tensors (`float(v)` reads one),
+        so that they cost a host sync only when a caller reads them."""
+        if self.fast_update is not None:
+            return self.fast_update(offline_buffer, online_buffer)
         self._capacities = {
             0: offline_buffer.capacity if offline_buffer is not None else 0,
             1: online_buffer.capacity if online_buffer is not None else 0,
