@@ -105,7 +105,7 @@ class FastUpdate:
 
     def __init__(self, agent, compile: bool = False, compile_mode: str = "default"):
         self.agent = agent
-        self.stager: BatchStager | None = None
+        self.stagers: dict[int, BatchStager] = {}  # row count -> its buffers
         self.fns = {
             "candidates": self._candidates,
             "td_target": self._td_target,
@@ -179,9 +179,9 @@ class FastUpdate:
 
     def _batch(self, parts: list, rows: int) -> dict[str, torch.Tensor]:
         a = self.agent
-        if self.stager is None:
-            self.stager = BatchStager(rows, a.spec, a.device)
-        raw = self.stager.gather(parts)
+        if rows not in self.stagers:
+            self.stagers[rows] = BatchStager(rows, a.spec, a.device)
+        raw = self.stagers[rows].gather(parts)
         return {
             "obs": a.norm.obs(raw["obs"]),
             "action": a.norm.action(raw["actions"].reshape(rows, -1)),
