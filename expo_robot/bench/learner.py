@@ -95,29 +95,36 @@ def timed_update(agent, offline, online) -> float:
 
 
 def critic_step_ms(agent, buf, reps: int) -> float:
-    """One critic step with its exact OTF backup, minibatch drawn and collated (eager) or its share of the fast
-    path's batched proposals + its own target and regression step (fast)."""
-    n, times = agent.cfg["batch_size"], []
-    fast = agent.fast_update
+    """One critic step with its exact OTF backup. Eager: minibatch drawn and collated, proposals, selection,
+    regression. Fast: its share (1/UTD) of the batched gather and proposals of a full update's minibatches, then its
+    own target and regression step (the shapes of a full update: nothing recompiles)."""
+    times, fast = [], agent.fast_update
+    n, utd = agent.cfg["batch_size"], agent.cfg["utd"]
     for i in range(reps + 1):
-        t0 = time.perf_counter()
         if fast is None:
+            t0 = time.perf_counter()
             batch = agent._symmetric(buf, buf, n)
             agent.critic_step(agent.tensors(batch), batch)
+            _sync(agent.device)
+            elapsed = time.perf_counter() - t0
         else:
-            t = fast._batch(symmetric_indices(buf, buf, n, 1, agent.rng), n)
-            base_noise, edit_noise, subsets = fast._draws(n, 1)
+            t0 = time.perf_counter()
+            t = fast._batch(symmetric_indices(buf, buf, n, utd, agent.rng), n * utd)
+            base_noise, edit_noise, subsets = fast._draws(n, utd)
             with torch.no_grad():
                 candidates = fast.fns["candidates"](t["next_obs"], base_noise, edit_noise)
-            metrics = fast._critic_step(t, candidates, subsets[0])
-            float(metrics["critic/loss"])
-        _sync(agent.device)
+            _sync(agent.device)
+            t1 = time.perf_counter()
+            first = {key: v[:n] for key, v in t.items()}
+            float(fast._critic_step(first, candidates[:n], subsets[0])["critic/loss"])
+            _sync(agent.device)
+            elapsed = (t1 - t0) / utd + time.perf_counter() - t1
         if i:
-            times.append(time.perf_counter() - t0)
+            times.append(elapsed)
     return 1e3 * float(np.median(times))
 
 
-def compare_paths(cfg: DictConfig, profile: str, reps: int, with_compile: bool) -> dict:
+def compare_paths(cfg: DictConfig, profile: str, reps: int, with_compile: bool, with_backups: bool) -> dict:
     """Eager, fast and (optionally) fast+compile agents built alike, timed in turns (the order rotates)."""
     params = agent_params(load_config([f"profile={profile}"]).agent, profile)
     spec = spec_for(cfg, params)
@@ -150,9 +157,10 @@ def compare_paths(cfg: DictConfig, profile: str, reps: int, with_compile: bool) 
             "first_update_s": round(first_s[name], 2),
             "compile_s": round(fu.compile_s, 1) if fu is not None and fu.compile_s is not None else None,
         }
-    out["backup_costs"] = backup_costs(
-        agents["eager"], params, spec, agents["eager"].device, buf, buf, reps=4
-    )
+    if with_backups:
+        out["backup_costs"] = backup_costs(
+            agents["eager"], params, spec, agents["eager"].device, buf, buf, reps=4
+        )
     return out
 
 
@@ -275,7 +283,10 @@ def run(cfg: DictConfig, words: list[str], results_dir: Path = Path("benchmarks/
     if settings["name"] == "profile":
         return head | run_profile(cfg, settings, results_dir)
     results = {
-        p: compare_paths(cfg, p, settings["reps"][p], p in settings["compile"]) for p in settings["profiles"]
+        p: compare_paths(
+            cfg, p, settings["reps"][p], p in settings["compile"], p in settings.get("backup_costs", [])
+        )
+        for p in settings["profiles"]
     }
     summary = {
         p: {name: {k: v[k] for k in ("full_update_ms", "updates_per_s", "critic_step_ms", "speedup_vs_eager")}

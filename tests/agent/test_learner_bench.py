@@ -1,0 +1,33 @@
+"""`expo-robot bench learner`: eager and fast paths timed in turns, at the demo profile's sizes (seconds)."""
+
+import pytest
+
+from expo_robot.bench.learner import BenchLearnerError, compare_paths, run_profile, settings_for
+from expo_robot.config import load_config
+
+
+def test_eager_and_fast_paths_are_timed_side_by_side():
+    out = compare_paths(load_config(["profile=demo"]), "demo", 2, with_compile=False, with_backups=False)
+    eager, fast = out["variants"]["eager"], out["variants"]["fast"]
+    assert eager["speedup_vs_eager"] == 1.0 and fast["compile_s"] is None
+    for v in (eager, fast):
+        assert v["full_update_ms"] > 0 and v["critic_step_ms"] > 0
+        assert v["updates_per_s"] == pytest.approx(1e3 / v["full_update_ms"], rel=0.01)
+    assert fast["speedup_vs_eager"] == pytest.approx(
+        eager["full_update_ms"] / fast["full_update_ms"], rel=0.01
+    )
+
+
+def test_profile_splits_the_eager_update_into_sections(tmp_path):
+    cfg = load_config(["profile=demo"])
+    settings = settings_for(cfg, ["profile"]) | {"profiles": ["demo"], "reps": {"demo": 1}}
+    doc = run_profile(cfg, settings, tmp_path)
+    sections = doc["sections_ms"]
+    assert "backup sampler (base proposals)" in sections and "critic backward" in sections
+    assert sum(v for k, v in sections.items() if k != "total") <= sections["total"] * 1.01
+    assert set(doc["operators"]) == {"eager", "fast"} and (tmp_path / "learner_profile.txt").read_text()
+
+
+def test_an_unknown_profile_is_named_with_the_choices():
+    with pytest.raises(BenchLearnerError, match="full, quick, profile"):
+        settings_for(load_config([]), ["fastest"])
