@@ -6,6 +6,7 @@ Both work in normalised action space ([-1, 1]^(H*A)) and share one interface:
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -114,6 +115,29 @@ class FlowBase(nn.Module):
                 graph = torch.jit.trace(_Euler(self.net, steps), (obs, x), check_trace=False)
             self._graphs[key] = graph
         return graph(obs, x)
+
+
+class OneStepProposer(nn.Module):
+    """Proposals for the TD backup in one network pass, distilled from a flow base (the base itself still acts):
+    x1 = clamp(z + net(obs, z, 0)), regressed onto where the base's full Euler integration from the same z lands.
+    It starts as a copy of the base's network, i.e. one Euler step over the whole interval."""
+
+    def __init__(self, net: ResidualDenoiser):
+        super().__init__()
+        self.net = copy.deepcopy(net)
+        self.act_dim = net.act_dim
+
+    def raw(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Before clipping: what the distillation loss sees (a clipped output has no gradient)."""
+        return z + self.net(obs, z, torch.zeros(1, 1, device=z.device))
+
+    @torch.no_grad()
+    def sample(self, obs: torch.Tensor, n: int, generator=None, noise=None) -> torch.Tensor:
+        """[B, S] -> [B, n, D], like `FlowBase.sample`."""
+        b = obs.shape[0]
+        if noise is None:
+            noise = torch.randn(b * n, self.act_dim, device=obs.device, generator=generator)
+        return self.raw(obs.repeat_interleave(n, dim=0), noise).clamp(-1, 1).reshape(b, n, self.act_dim)
 
 
 def vp_betas(steps: int, b_min: float = 0.1, b_max: float = 10.0) -> torch.Tensor:

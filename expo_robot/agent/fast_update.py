@@ -123,7 +123,9 @@ class FastUpdate:
         n, d, r = s["n_backup"], a.act_dim, next_obs.shape[0]
         steps = s.get("proposal_steps") or a.base.steps
         obs_rep = next_obs.repeat_interleave(n, 0)
-        if self.compile_mode is None:  # the traced Euler graph
+        if a.proposer is not None:  # select.backup_sampler=distilled
+            proposals = a.proposer.raw(obs_rep, base_noise).clamp(-1, 1).reshape(r, n, d)
+        elif self.compile_mode is None:  # the traced Euler graph
             proposals = a.base.sample(next_obs, n, steps, noise=base_noise)
         else:  # the same loop, for torch.compile to trace
             proposals = _Euler(a.base.net, steps)(obs_rep, base_noise).clamp(-1, 1).reshape(r, n, d)
@@ -173,6 +175,8 @@ class FastUpdate:
         metrics |= self._imitation_step(last)
         if a.use_edit:
             metrics |= self._edit_step(last)
+        if a.proposer is not None:
+            metrics["backup/distill_loss"] = a.distill_step(last["next_obs"])
         a.counters["updates"] += 1
         metrics["updates"] = a.counters["updates"]
         return metrics

@@ -40,10 +40,13 @@ def _assert_same_agents(eager, fast, m_eager, m_fast):
     assert eager.rng.bit_generator.state == fast.rng.bit_generator.state
 
 
-@pytest.mark.parametrize("name", ["expo", "best_of_n"])
-def test_fast_update_equals_eager_update(name):
+@pytest.mark.parametrize(
+    ("name", "sampler"), [("expo", "exact"), ("best_of_n", "exact"), ("expo", "distilled")]
+)
+def test_fast_update_equals_eager_update(name, sampler):
     # utd 3: the batched proposals cover several minibatches whose target critic moves in between
-    _assert_same_agents(*_updated_pair(name, utd=3, select={"n_backup": 3, "proposal_steps": 2}))
+    select = {"n_backup": 3, "proposal_steps": 2, "backup_sampler": sampler}
+    _assert_same_agents(*_updated_pair(name, utd=3, select=select))
 
 
 def test_fast_update_metrics_are_tensors_read_on_demand():
@@ -99,3 +102,21 @@ def test_agents_the_fast_path_does_not_cover_run_the_eager_update(caplog):
     assert build("expo_no_otf_backup", fast=True).fast_update is None
     metrics = agent.update(random_buffer(20, 1), random_buffer(20, 2))
     assert isinstance(metrics["critic/loss"], float)
+
+
+def test_the_distilled_proposer_learns_where_the_base_lands():
+    agent = build("expo", select={"backup_sampler": "distilled"})
+    obs = torch.randn(64, agent.obs_dim)
+    losses = [float(agent.distill_step(obs)) for _ in range(150)]
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+    # the backup's proposals come from it, not from the base: a proposer moved away changes them
+    z = torch.randn(64 * 3, agent.act_dim)
+    before = agent.proposer.sample(obs, 3, noise=z)
+    with torch.no_grad():
+        agent.proposer.net.out[-1].bias.add_(0.3)
+    assert not torch.allclose(agent.proposer.sample(obs, 3, noise=z), before)
+
+
+def test_an_unknown_backup_sampler_is_named():
+    with pytest.raises(ValueError, match="exact or distilled"):
+        build("expo", select={"backup_sampler": "magic"})
