@@ -193,7 +193,13 @@ def backup_costs(agent, params: dict, spec, device, offline, online, reps: int =
         probe_params = copy.deepcopy(params)
         probe_params["select"] |= over
         probe = type(agent)(probe_params, spec, device, 0)
-        probe.load_state_dict(state)
+        if probe.proposer is not None:  # a module the trained agent lacks: its own, started from the base
+            own = {"modules": state["modules"] | {"proposer": probe.proposer.state_dict()},
+                   "optims": state["optims"] | {"proposer": probe.optims["proposer"].state_dict()}}  # fmt: skip
+            probe.load_state_dict(state | own)
+            probe.proposer.net.load_state_dict(probe.base.net.state_dict())
+        else:
+            probe.load_state_dict(state)
         s = probe.cfg["select"]
         if s.get("proposal_cache_age", 0) > 0:
             probe.cache = ProposalCache(s["proposal_cache_age"], s["n_backup"], probe.act_dim, probe.device)

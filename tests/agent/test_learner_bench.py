@@ -18,6 +18,15 @@ def test_eager_and_fast_paths_are_timed_side_by_side():
     )
 
 
+@pytest.mark.slow  # eight backup options, each timed: about a minute on a loaded 2-core machine
+def test_backup_options_are_costed_against_the_exact_backup():
+    costs = compare_paths(load_config(["profile=demo"]), "demo", 1, with_compile=False, with_backups=True)[
+        "backup_costs"
+    ]
+    assert costs["exact"]["cost_ratio_vs_exact"] == 1.0 and costs["distilled_one_step"]["proposal_steps"] == 1
+    assert all(v["critic_step_ms"] > 0 for v in costs.values())
+
+
 def test_profile_splits_the_eager_update_into_sections(tmp_path):
     cfg = load_config(["profile=demo"])
     settings = settings_for(cfg, ["profile"]) | {"profiles": ["demo"], "reps": {"demo": 1}}
