@@ -294,3 +294,50 @@ def run(cfg: DictConfig, words: list[str], results_dir: Path = Path("benchmarks/
         for p, r in results.items()
     }  # fmt: skip
     return head | {"settings": settings, "results": results, "summary": summary}
+
+
+def markdown_table(doc: dict) -> str:
+    """The README's table, made from learner.json: `python -m expo_robot.bench.learner [path]`."""
+    rows = [
+        "| agent profile | path | full update (ms) | updates/s | critic step (ms) | vs eager | compile (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for profile, result in doc["results"].items():
+        for name, v in result["variants"].items():
+            compile_s = "" if v["compile_s"] is None else f"{v['compile_s']:.0f}"
+            rows.append(
+                f"| {profile} | {name} | {v['full_update_ms']:.0f} | {v['updates_per_s']:.2f} | "
+                f"{v['critic_step_ms']:.0f} | {v['speedup_vs_eager']:.2f}x | {compile_s} |"
+            )
+    for profile, result in doc["results"].items():
+        costs = result.get("backup_costs")
+        if not costs:
+            continue
+        rows += [
+            "",
+            f"Backup options, profile={profile} (eager critic step, ms and cost against the exact backup):",
+            "",
+        ]
+        rows += [
+            "| option | N | proposal steps | critic step (ms) | cost vs exact |",
+            "|---|---|---|---|---|",
+        ]
+        for name, v in costs.items():
+            rows.append(
+                f"| {name} | {v['n_backup']} | {v['proposal_steps']} | {v['critic_step_ms']:.0f} | "
+                f"{v['cost_ratio_vs_exact']:.2f} |"
+            )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(
+        markdown_table(
+            json.loads(
+                Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/learner.json").read_text()
+            )
+        )
+    )

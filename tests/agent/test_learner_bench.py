@@ -2,7 +2,13 @@
 
 import pytest
 
-from expo_robot.bench.learner import BenchLearnerError, compare_paths, run_profile, settings_for
+from expo_robot.bench.learner import (
+    BenchLearnerError,
+    compare_paths,
+    markdown_table,
+    run_profile,
+    settings_for,
+)
 from expo_robot.config import load_config
 
 
@@ -40,3 +46,16 @@ def test_profile_splits_the_eager_update_into_sections(tmp_path):
 def test_an_unknown_profile_is_named_with_the_choices():
     with pytest.raises(BenchLearnerError, match="full, quick, profile"):
         settings_for(load_config([]), ["fastest"])
+
+
+def test_the_readme_table_is_made_from_the_result():
+    variant = {"full_update_ms": 100.0, "updates_per_s": 10.0, "critic_step_ms": 40.0, "speedup_vs_eager": 1.0,
+               "compile_s": None}  # fmt: skip
+    costs = {
+        "exact": {"n_backup": 8, "proposal_steps": 5, "critic_step_ms": 40.0, "cost_ratio_vs_exact": 1.0}
+    }
+    doc = {"results": {"cpu": {"variants": {"eager": variant, "fast": variant | {"compile_s": 12.3}},
+                               "backup_costs": costs}}}  # fmt: skip
+    table = markdown_table(doc)
+    assert "| cpu | eager | 100 | 10.00 | 40 | 1.00x |  |" in table and "| 12 |" in table
+    assert "| exact | 8 | 5 | 40 | 1.00 |" in table
