@@ -81,7 +81,10 @@ class ExpoAgent(BCAgent):
             reason = unsupported(self)
             if reason is None:
                 self.fast_update = FastUpdate(
-                    self, bool(cfg.get("compile", False)), cfg.get("compile_mode", "default")
+                    self,
+                    bool(cfg.get("compile", False)),
+                    cfg.get("compile_mode", "default"),
+                    bool(cfg.get("backup_bf16", False)),
                 )
             else:
                 log.info("agent.fast: %s needs the eager update; running that one", reason)

@@ -8,6 +8,8 @@ Same random draws in the same order, same arithmetic; what changes is how it is 
   only the scoring, with the target critic that moves after every critic step, stays per step;
 - metrics stay tensors (read when a caller logs them: `float(v)`, every k updates), gradient norms and target/EMA
   updates are foreach operations, the optimisers fused (`AgentCore.optimizer`); no host sync inside the update;
+- optionally (`agent.backup_bf16: true`) the backup's sampler, edits and scores under bf16 autocast (TD targets,
+  losses and every gradient step in fp32): faster where the device has bf16 units, learning not yet compared;
 - optionally (`agent.compile: true`) the pure tensor functions (proposals + edits, TD target, critic, base and edit
   losses) run through torch.compile with static shapes; compile time is reported, and any failure falls back to
   eager with one log line.
@@ -103,8 +105,13 @@ def grad_norm(params) -> torch.Tensor:
 class FastUpdate:
     """`update(offline, online) -> metrics` (0-d tensors) for an ExpoAgent; see the module's docstring."""
 
-    def __init__(self, agent, compile: bool = False, compile_mode: str = "default"):
+    def __init__(
+        self, agent, compile: bool = False, compile_mode: str = "default", backup_bf16: bool = False
+    ):
         self.agent = agent
+        self.backup_bf16 = (
+            backup_bf16  # the backup's networks under bf16 autocast; targets and losses stay fp32
+        )
         self.stagers: dict[int, BatchStager] = {}  # row count -> its buffers
         self.fns = {
             "candidates": self._candidates,
@@ -166,8 +173,8 @@ class FastUpdate:
         if self.compile_s is None and self.compile_mode is not None:
             self._compile(t, base_noise, edit_noise, subsets, n)
         a.edit.eval()  # as the eager selection does: no dropout in the backup's edits
-        with torch.no_grad():
-            candidates = self.fns["candidates"](t["next_obs"], base_noise, edit_noise)
+        with torch.no_grad(), self._backup_precision():
+            candidates = self.fns["candidates"](t["next_obs"], base_noise, edit_noise).float()
         for k in range(utd):
             rows = slice(k * n, (k + 1) * n)
             metrics = self._critic_step({key: v[rows] for key, v in t.items()}, candidates[rows], subsets[k])
@@ -180,6 +187,9 @@ class FastUpdate:
         a.counters["updates"] += 1
         metrics["updates"] = a.counters["updates"]
         return metrics
+
+    def _backup_precision(self):
+        return torch.autocast(self.agent.device.type, dtype=torch.bfloat16, enabled=self.backup_bf16)
 
     def _batch(self, parts: list, rows: int) -> dict[str, torch.Tensor]:
         a = self.agent
@@ -214,8 +224,10 @@ class FastUpdate:
         self, t: dict, candidates: torch.Tensor, subset: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         a = self.agent
-        with torch.no_grad():
-            target = self.fns["td_target"](t["next_obs"], candidates, subset, t["reward"], t["discount"])
+        with torch.no_grad(), self._backup_precision():
+            target = self.fns["td_target"](
+                t["next_obs"], candidates, subset, t["reward"], t["discount"]
+            ).float()
         loss, q_mean = self.fns["critic_loss"](t["obs"], t["action"], target)
         opt = a.optims["critic"]
         opt.zero_grad(set_to_none=True)
@@ -287,7 +299,7 @@ class FastUpdate:
         try:
             self.fns = {k: torch.compile(f, dynamic=False, mode=self.compile_mode) for k, f in eager.items()}
             b = {key: v[:n] for key, v in t.items()}
-            with torch.no_grad():
+            with torch.no_grad(), self._backup_precision():
                 candidates = self.fns["candidates"](t["next_obs"], base_noise, edit_noise)
                 target = self.fns["td_target"](
                     b["next_obs"], candidates[:n], subsets[0], b["reward"], b["discount"]

@@ -132,6 +132,11 @@ def compare_paths(cfg: DictConfig, profile: str, reps: int, with_compile: bool, 
     variants = {"eager": {"fast": False}, "fast": {"fast": True, "compile": False}}
     if with_compile:
         variants["fast_compiled"] = {"fast": True, "compile": True}
+    variants["fast_bf16_backup"] = {
+        "fast": True,
+        "compile": False,
+        "backup_bf16": True,
+    }  # an option, not a default
     agents, first_s = {}, {}
     for name, over in variants.items():
         agents[name] = make_agent({**params, **over}, spec, device=cfg.device, seed=0)

@@ -120,3 +120,11 @@ def test_the_distilled_proposer_learns_where_the_base_lands():
 def test_an_unknown_backup_sampler_is_named():
     with pytest.raises(ValueError, match="exact or distilled"):
         build("expo", select={"backup_sampler": "magic"})
+
+
+def test_a_bf16_backup_keeps_fp32_targets_close_to_the_exact_ones():
+    eager, fast, _, metrics = _updated_pair("expo", updates=2, backup_bf16=True)
+    assert fast.fast_update.backup_bf16 and metrics["q/target_mean"].dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in fast.critic.parameters())
+    close = {"rtol": 0.05, "atol": 0.02}  # bf16 keeps 8 bits of mantissa: same update, not the same digits
+    torch.testing.assert_close(fast.critic.state_dict(), eager.critic.state_dict(), **close)
