@@ -7,7 +7,7 @@ data of the default robot's sizes: full-update ms, updates/s, critic-step ms, th
 and the backup options' cost against the exact OTF backup. quick: the cpu profile only (learner_quick.json).
 profile (learner_profile.json + learner_profile.txt): where an eager update's time goes, section by section, and the
 operator tables of torch's profiler for both paths.
-Settings: `+bench.reps=N +bench.profiles=[cpu] +bench.compile=false +bench.threads=1`.
+Settings: `+bench.reps=N +bench.profiles=[cpu] +bench.compile=false +bench.backup_costs=false +bench.threads=1`.
 """
 
 from __future__ import annotations
@@ -34,9 +34,21 @@ log = logging.getLogger(__name__)
 
 STATE_DIM = 21  # the default robot (gym-hil Panda): 18 robot values + 3 cube position
 PROFILES = {
-    # reps per variant and agent profile; compile only where its minutes pay (the reference sizes on a CPU: no)
-    "full": {"profiles": ["cpu", "reference"], "reps": {"cpu": 12, "reference": 2}, "compile": ["cpu"]},
-    "quick": {"profiles": ["cpu"], "reps": {"cpu": 6}, "compile": ["cpu"], "result_name": "learner_quick"},
+    # reps per variant and agent profile; compile and the backup options only where their minutes pay (one
+    # reference-sized update takes minutes on a loaded CPU core)
+    "full": {
+        "profiles": ["cpu", "reference"],
+        "reps": {"cpu": 12, "reference": 1},
+        "compile": ["cpu"],
+        "backup_costs": ["cpu"],
+    },
+    "quick": {
+        "profiles": ["cpu"],
+        "reps": {"cpu": 6},
+        "compile": ["cpu"],
+        "backup_costs": ["cpu"],
+        "result_name": "learner_quick",
+    },
     "profile": {"profiles": ["cpu"], "reps": {"cpu": 8}, "compile": [], "result_name": "learner_profile"},
 }
 
@@ -53,8 +65,9 @@ def settings_for(cfg: DictConfig, words: list[str]) -> dict:
     over = OmegaConf.to_container(cfg.get("bench") or OmegaConf.create({}), resolve=True)
     if "reps" in over:
         over["reps"] = dict.fromkeys(over.get("profiles", s["profiles"]), int(over["reps"]))
-    if over.get("compile") is False:
-        over["compile"] = []
+    for key in ("compile", "backup_costs"):  # false: for no profile
+        if over.get(key) is False:
+            over[key] = []
     return s | over
 
 
@@ -147,7 +160,7 @@ def compare_paths(cfg: DictConfig, profile: str, reps: int, with_compile: bool, 
     for r in range(reps):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(timed_update(agents[name], buf, buf))
-    critic = {name: critic_step_ms(agents[name], buf, max(3, reps // 2)) for name in names}
+    critic = {name: critic_step_ms(agents[name], buf, max(1, reps // 2)) for name in names}
     eager_ms = 1e3 * float(np.median(times["eager"]))
     out = {"sizes": _sizes(params), "reps": reps, "variants": {}}
     for name in names:
