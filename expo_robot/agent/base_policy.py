@@ -6,6 +6,7 @@ Both work in normalised action space ([-1, 1]^(H*A)) and share one interface:
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -74,15 +75,28 @@ class FlowBase(nn.Module):
     def loss(self, obs: torch.Tensor, actions: torch.Tensor, generator=None) -> torch.Tensor:
         x0 = torch.randn(actions.shape, device=actions.device, generator=generator)
         t = torch.rand(actions.shape[0], 1, device=actions.device, generator=generator)
+        return self.loss_at(obs, actions, x0, t)
+
+    def loss_at(
+        self, obs: torch.Tensor, actions: torch.Tensor, x0: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss with its noise x0 [B, D] and times t [B, 1] given: a pure tensor function (torch.compile)."""
         xt = (1 - t) * x0 + t * actions
         return ((self.net(obs, xt, t) - (actions - x0)) ** 2).mean()
 
     @torch.no_grad()
-    def sample(self, obs: torch.Tensor, n: int, steps: int | None = None, generator=None) -> torch.Tensor:
+    def sample(
+        self, obs: torch.Tensor, n: int, steps: int | None = None, generator=None, noise=None
+    ) -> torch.Tensor:
+        """`noise` [B * n, D]: the starting points, when drawn beforehand (the fast update draws them all at once)."""
         steps = steps or self.steps
         b = obs.shape[0]
         o = obs.repeat_interleave(n, dim=0)
-        x = torch.randn(b * n, self.act_dim, device=obs.device, generator=generator)
+        x = (
+            torch.randn(b * n, self.act_dim, device=obs.device, generator=generator)
+            if noise is None
+            else noise
+        )
         return self._integrate(o, x, steps).clamp(-1, 1).reshape(b, n, self.act_dim)
 
     def _integrate(self, obs: torch.Tensor, x: torch.Tensor, steps: int) -> torch.Tensor:
@@ -101,6 +115,29 @@ class FlowBase(nn.Module):
                 graph = torch.jit.trace(_Euler(self.net, steps), (obs, x), check_trace=False)
             self._graphs[key] = graph
         return graph(obs, x)
+
+
+class OneStepProposer(nn.Module):
+    """Proposals for the TD backup in one network pass, distilled from a flow base (the base itself still acts):
+    x1 = clamp(z + net(obs, z, 0)), regressed onto where the base's full Euler integration from the same z lands.
+    It starts as a copy of the base's network, i.e. one Euler step over the whole interval."""
+
+    def __init__(self, net: ResidualDenoiser):
+        super().__init__()
+        self.net = copy.deepcopy(net)
+        self.act_dim = net.act_dim
+
+    def raw(self, obs: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Before clipping: what the distillation loss sees (a clipped output has no gradient)."""
+        return z + self.net(obs, z, torch.zeros(1, 1, device=z.device))
+
+    @torch.no_grad()
+    def sample(self, obs: torch.Tensor, n: int, generator=None, noise=None) -> torch.Tensor:
+        """[B, S] -> [B, n, D], like `FlowBase.sample`."""
+        b = obs.shape[0]
+        if noise is None:
+            noise = torch.randn(b * n, self.act_dim, device=obs.device, generator=generator)
+        return self.raw(obs.repeat_interleave(n, dim=0), noise).clamp(-1, 1).reshape(b, n, self.act_dim)
 
 
 def vp_betas(steps: int, b_min: float = 0.1, b_max: float = 10.0) -> torch.Tensor:

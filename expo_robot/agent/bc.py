@@ -25,7 +25,8 @@ class BCAgent(AgentCore):
         b = cfg["base"]
         self.base = make_base(b["kind"], self.view_dim("base"), self.act_dim, b).to(self.device)
         self.base_ema = copy.deepcopy(self.base).requires_grad_(False)
-        self.base_opt = torch.optim.AdamW(
+        self.base_opt = self.optimizer(
+            torch.optim.AdamW,
             [*self.base.parameters(), *self.encoder_params("base")],
             lr=b["lr"],
             weight_decay=b["weight_decay"],

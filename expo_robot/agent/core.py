@@ -66,6 +66,17 @@ class AgentCore:
         self.optims: dict[str, torch.optim.Optimizer] = {}
         self.counters = {"updates": 0, "pretrain_steps": 0}
 
+    def optimizer(self, cls: type[torch.optim.Optimizer], params, **kw) -> torch.optim.Optimizer:
+        """`cls(params, **kw)`; with `agent.fast`, its fused form (one kernel for all parameters: the same Adam
+        arithmetic), or the foreach form where this device has no fused one."""
+        params = list(params)
+        if not self.cfg.get("fast", False):
+            return cls(params, **kw)
+        try:
+            return cls(params, fused=True, **kw)
+        except (RuntimeError, ValueError):
+            return cls(params, foreach=True, **kw)
+
     def _build_encoders(self, enc_cfg: dict) -> None:
         """One encoder shared by the base and the critic, or one each (`encoder.shared: false`): the base's learns
         from imitation only, the critic's from the TD loss only, so fine-tuning the critic never moves the features

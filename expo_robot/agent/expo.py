@@ -7,8 +7,11 @@ One class with two flags covers the paper's method and its ablations:
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from expo_robot.agent.base_policy import FlowBase, OneStepProposer
 from expo_robot.agent.bc import BCAgent
 from expo_robot.agent.core import Temperature
 from expo_robot.agent.critic import (
@@ -17,10 +20,13 @@ from expo_robot.agent.critic import (
     make_target,
     random_subset,
 )
+from expo_robot.agent.fast_update import FastUpdate, unsupported
 from expo_robot.agent.gaussian import EditPolicy
 from expo_robot.agent.nets import grad_norm
 from expo_robot.agent.proposal_cache import ProposalCache
 from expo_robot.agent.select import Selection, select
+
+log = logging.getLogger(__name__)
 
 
 class ExpoAgent(BCAgent):
@@ -47,14 +53,41 @@ class ExpoAgent(BCAgent):
         self.modules.update(edit=self.edit, critic=self.critic, critic_target=self.critic_target)
         self.modules["temperature"] = self.temperature
         self.optims.update(
-            edit=torch.optim.Adam(self.edit.parameters(), lr=e["lr"]),
-            critic=torch.optim.Adam([*self.critic.parameters(), *self.encoder_params("critic")], lr=c["lr"]),
-            alpha=torch.optim.Adam(self.temperature.parameters(), lr=a["lr"]),
+            edit=self.optimizer(torch.optim.Adam, self.edit.parameters(), lr=e["lr"]),
+            critic=self.optimizer(
+                torch.optim.Adam, [*self.critic.parameters(), *self.encoder_params("critic")], lr=c["lr"]
+            ),
+            alpha=self.optimizer(torch.optim.Adam, self.temperature.parameters(), lr=a["lr"]),
         )
         self.cache = None
         self._capacities = {0: 0, 1: 0}  # buffer sizes, for the proposal cache's slots (set by update)
         if s.get("proposal_cache_age", 0) > 0:
             self.cache = ProposalCache(s["proposal_cache_age"], s["n_backup"], self.act_dim, self.device)
+        self.proposer = None  # select.backup_sampler=distilled: the backup's one-step proposals
+        if s.get("backup_sampler", "exact") == "distilled":
+            if not isinstance(self.base, FlowBase):
+                raise ValueError(
+                    "select.backup_sampler=distilled needs base.kind=flow (it is distilled from a flow)"
+                )
+            self.proposer = OneStepProposer(self.base.net).to(self.device)
+            self.modules["proposer"] = self.proposer
+            self.optims["proposer"] = self.optimizer(
+                torch.optim.Adam, self.proposer.parameters(), lr=cfg["base"]["lr"]
+            )
+        elif s.get("backup_sampler", "exact") != "exact":
+            raise ValueError(f"select.backup_sampler must be exact or distilled, got '{s['backup_sampler']}'")
+        self.fast_update = None  # agent.fast: the same update without its overhead (fast_update.py)
+        if cfg.get("fast", False):
+            reason = unsupported(self)
+            if reason is None:
+                self.fast_update = FastUpdate(
+                    self,
+                    bool(cfg.get("compile", False)),
+                    cfg.get("compile_mode", "default"),
+                    bool(cfg.get("backup_bf16", False)),
+                )
+            else:
+                log.info("agent.fast: %s needs the eager update; running that one", reason)
 
     # ----- selection: the one place that proposes, edits, scores and picks -----
     def subset(self) -> torch.Tensor:
@@ -89,6 +122,8 @@ class ExpoAgent(BCAgent):
         s = self.cfg["select"]
 
         def fresh(next_obs: torch.Tensor) -> torch.Tensor:
+            if self.proposer is not None:
+                return self.proposer.sample(self.view(next_obs, "base"), s["n_backup"], self.gen)
             return self.base.sample(
                 self.view(next_obs, "base"), s["n_backup"], s.get("proposal_steps"), self.gen
             )
@@ -157,9 +192,34 @@ class ExpoAgent(BCAgent):
             "alpha/loss": float(alpha_loss.detach()),
         }
 
+    def distill_step(self, next_obs: torch.Tensor) -> torch.Tensor:
+        """One regression step of the backup's one-step proposer onto the base's samples from the same noise, at
+        the states whose proposals the backup needs (one sample per row: 1/(N * UTD) of an exact backup's base
+        passes)."""
+        obs = self.view(next_obs.detach(), "base")
+        z = torch.randn(obs.shape[0], self.act_dim, device=obs.device, generator=self.gen)
+        target = self.base.sample(obs, 1, None, self.gen, noise=z)[:, 0]
+        loss = ((self.proposer.raw(obs, z) - target) ** 2).mean()
+        opt = self.optims["proposer"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
     # ----- one env step's worth of learning -----
     def update(self, offline_buffer, online_buffer) -> dict:
-        """UTD critic steps on symmetric minibatches, then one base, one edit and one alpha step on the last."""
+        """UTD critic steps on symmetric minibatches, then one base, one edit and one alpha step on the last.
+
+        With `agent.fast`, the same update laid out for speed; its metrics are 0-d tensors (`float(v)` reads one),
+        so that they cost a host sync only when a caller reads them."""
+        if (
+            self.proposer is not None and self.counters["updates"] == 0
+        ):  # start from the (pretrained) base: one
+            self.proposer.net.load_state_dict(
+                self.base.net.state_dict()
+            )  # Euler step over the whole interval
+        if self.fast_update is not None:
+            return self.fast_update(offline_buffer, online_buffer)
         self._capacities = {
             0: offline_buffer.capacity if offline_buffer is not None else 0,
             1: online_buffer.capacity if online_buffer is not None else 0,
@@ -176,6 +236,8 @@ class ExpoAgent(BCAgent):
         metrics |= self.imitation_step(t, self.cfg["base"]["ema_rate"])
         if self.use_edit:
             metrics |= self.edit_step(t)
+        if self.proposer is not None:
+            metrics["backup/distill_loss"] = float(self.distill_step(t["next_obs"]))
         if self.cache is not None:
             metrics["backup/cache_hit_rate"] = self.cache.hit_rate()
         self.counters["updates"] += 1

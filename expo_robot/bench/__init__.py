@@ -18,6 +18,7 @@ BENCHMARKS = {
     "learning": "expo_robot.bench.learning:run",
     "transport": "expo_robot.bench.transport:run",
     "policy": "expo_robot.bench.policy:run",
+    "learner": "expo_robot.bench.learner:run",
 }
 RESULTS_DIR = Path("benchmarks/results")
 

@@ -59,6 +59,8 @@ VARIANTS = {
     ),
     # half the Euler steps, acting and in the backup: half the base's cost in a policy step
     "expo_5_euler_steps": ("expo", {"base": {"steps": 5}}),
+    # the backup's proposals from a one-step sampler distilled from the base (the base still acts)
+    "expo_distilled_backup": ("expo", {"select": {"backup_sampler": "distilled"}}),
 }
 EVAL_SEED = 1_000_000  # evaluation episodes use seeds EVAL_SEED + i: the same cubes for every algorithm
 
@@ -172,17 +174,32 @@ def backup_costs(agent, params: dict, spec, device, offline, online, reps: int =
         "fewer_backup_candidates": {"n_backup": cheap_n, "proposal_steps": None, "proposal_cache_age": 0},
         "both": {"n_backup": cheap_n, "proposal_steps": cheap_steps, "proposal_cache_age": 0},
         "both+proposal_cache": {"n_backup": cheap_n, "proposal_steps": cheap_steps, "proposal_cache_age": 20},
+        # a one-step proposer distilled from the base (its distillation step's share per critic step included)
+        "distilled_one_step": {"n_backup": n_act, "backup_sampler": "distilled", "proposal_cache_age": 0},
+        "distilled_one_step+fewer_candidates": {
+            "n_backup": cheap_n,
+            "backup_sampler": "distilled",
+            "proposal_cache_age": 0,
+        },
         "profile_default": {},
     }
     if params["base"]["kind"] != "flow":  # a DDPM base cannot sample with fewer steps
-        options = {k: v for k, v in options.items() if v.get("proposal_steps") is None}
+        options = {
+            k: v for k, v in options.items() if v.get("proposal_steps") is None and "backup_sampler" not in v
+        }
     out = {}
     state = agent.state_dict()
     for name, over in options.items():
         probe_params = copy.deepcopy(params)
         probe_params["select"] |= over
         probe = type(agent)(probe_params, spec, device, 0)
-        probe.load_state_dict(state)
+        if probe.proposer is not None:  # a module the trained agent lacks: its own, started from the base
+            own = {"modules": state["modules"] | {"proposer": probe.proposer.state_dict()},
+                   "optims": state["optims"] | {"proposer": probe.optims["proposer"].state_dict()}}  # fmt: skip
+            probe.load_state_dict(state | own)
+            probe.proposer.net.load_state_dict(probe.base.net.state_dict())
+        else:
+            probe.load_state_dict(state)
         s = probe.cfg["select"]
         if s.get("proposal_cache_age", 0) > 0:
             probe.cache = ProposalCache(s["proposal_cache_age"], s["n_backup"], probe.act_dim, probe.device)
@@ -191,13 +208,16 @@ def backup_costs(agent, params: dict, spec, device, offline, online, reps: int =
         for i in range(reps + 20 * bool(probe.cache)):  # the cache needs steps to warm up
             batch = sample_symmetric(offline, online, params["batch_size"], probe.rng)
             t0 = time.perf_counter()
-            probe.critic_step(probe.tensors(batch), batch)
+            t = probe.tensors(batch)
+            probe.critic_step(t, batch)
+            if probe.proposer is not None and i % params["utd"] == 0:  # one distillation step per update
+                probe.distill_step(t["next_obs"])
             probe.counters["updates"] += 1
             if i >= 2:
                 times.append(time.perf_counter() - t0)
         out[name] = {
             "n_backup": s["n_backup"],
-            "proposal_steps": s.get("proposal_steps") or base_steps,
+            "proposal_steps": 1 if probe.proposer is not None else s.get("proposal_steps") or base_steps,
             "proposal_cache_age": s.get("proposal_cache_age", 0),
             "critic_step_ms": round(1e3 * float(np.mean(times)), 2),
         }
