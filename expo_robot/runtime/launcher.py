@@ -79,6 +79,12 @@ def robot_pairs(cfg: DictConfig) -> list[RobotPair]:
     n = _robot_count(cfg)
     if n == 1:
         return [RobotPair(0, "driver", "actor", "actor-0", (), ("actor_id=actor-0",))]
+    teleop = cfg.get("teleop") or {}
+    if teleop.get("type") == "keyboard" and teleop.get("source") == "terminal":
+        raise ConfigError(
+            f"teleop=keyboard reads keys from this one terminal, which cannot serve session.robots={n} robots: "
+            "use teleop=none, or start each robot's driver in its own terminal (`expo-robot driver`)"
+        )
     rt, stride = cfg.runtime, _int(cfg, "runtime.robot_port_stride")
     ports = [(int(rt.obs_port) + i * stride, int(rt.cmd_port) + i * stride) for i in range(n)]
     _check_ports(cfg, ports)
@@ -240,9 +246,9 @@ class Launcher:
     def run(self) -> int:
         # SIGTERM (e.g. from a supervisor) stops the session like Ctrl-C: children are in their own sessions.
         previous = signal.signal(signal.SIGTERM, _interrupt)
-        keys = operator_terminal(self.cfg, sys.stdin)  # the operator's keyboard drives the first robot
+        keys = operator_terminal(self.cfg, sys.stdin)  # (one robot only: see robot_pairs)
         for pair in self.pairs:
-            self.start(pair.driver, (*pair.driver_overrides, *(keys if pair.index == 0 else [])), "driver")
+            self.start(pair.driver, (*pair.driver_overrides, *keys), "driver")
         self.start("learner")
         for pair in self.pairs:
             self.start(pair.actor, pair.actor_overrides, "actor")
@@ -311,7 +317,10 @@ class Launcher:
 
     def _stop(self, name: str) -> None:
         p = self.procs.get(name)
-        if p is None or p.popen.poll() is not None:
+        if p is None:
+            return
+        if p.popen.poll() is not None:
+            p.exit_code = p.popen.returncode
             return
         p.popen.send_signal(signal.SIGTERM)
         try:

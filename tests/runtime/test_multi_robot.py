@@ -78,6 +78,7 @@ def test_each_robot_gets_its_own_ports_seed_actor_id_and_scenes():
             "robot 1's obs port 5557 is also runtime.weights_port",
         ),
         (["session.robots=2", "runtime.robot_port_stride=60000"], "robot 1's obs port would be 65555"),
+        (["session.robots=2", "teleop=keyboard"], "teleop=keyboard reads keys from this one terminal"),
     ],
 )
 def test_a_bad_robot_layout_is_one_line_before_anything_starts(overrides, says, tmp_path, capsys):
