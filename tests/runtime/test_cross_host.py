@@ -176,11 +176,16 @@ def test_a_client_with_a_wrong_key_is_refused_across_hosts(hosts, keys, tmp_path
 def test_a_session_across_three_hosts(hosts, keys, processes, tmp_path):
     """driver, learner and actor each on its own host, started with their own sub-commands and addresses."""
     run = tmp_path / "run"
-    budget = ["session.env_steps=40", "task.max_episode_steps=20"]
+    budget = ["session.env_steps=40", "task.max_episode_steps=20"]  # (the driver's episodes end at 20 steps)
     server, client = curve_override(keys.server), curve_override(keys.client)
     driver_at, learner_at = f"runtime.driver_host={DRIVER_IP}", f"runtime.learner_host={LEARNER_IP}"
     processes.start(
-        "driver", tmp_path / "robot-pc", f"runtime.host={DRIVER_IP}", server, prefix=hosts.prefix("driver")
+        "driver",
+        tmp_path / "robot-pc",
+        f"runtime.host={DRIVER_IP}",
+        server,
+        *budget,
+        prefix=hosts.prefix("driver"),
     )
     learner = processes.start(
         "learner", run, f"runtime.host={LEARNER_IP}", server, *budget, prefix=hosts.prefix("learner")
