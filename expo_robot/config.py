@@ -73,8 +73,13 @@ def make_run_dir(cfg: DictConfig, command: str) -> Path:
         task = cfg.task.name if "task" in cfg else "none"
         run_dir = Path(cfg.run_root) / now.strftime("%Y-%m-%d") / f"{now.strftime('%H%M%S')}_{command}_{task}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    setup_logging(run_dir / f"{command}.log", cfg.get("log_level", "INFO"))
+    # robot i of several shares the folder with the others: its own log and resolved config (ports, seed)
+    name, config = command, "config.yaml"
+    if cfg.get("robot_index") is not None:
+        name = f"{command}-{cfg.robot_index}"
+        config = f"config.{name}.yaml"
+    (run_dir / config).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    setup_logging(run_dir / f"{name}.log", cfg.get("log_level", "INFO"))
     return run_dir
 
 

@@ -4,7 +4,8 @@ write_finetune_report(run_dir, summary): numbers come from run_dir/metrics.jsonl
 `summary` adds what only the launcher knows and overrides computed values. Keys it understands:
   command, task, robot, agent, started_at, duration_s, stopped_by, target_period_s, checkpoints (path or list),
   config (dict of highlights), success_before / success_after (summary.rate(...) dicts from dedicated
-  evaluations), notes (list of strings).
+  evaluations), robots (one dict per robot of a multi-robot session: robot, actor, env_steps, episodes,
+  successful, eval_before, eval_after, outcome), notes (list of strings).
 write_eval_report(run_dir, result, compare): `result`/`compare` are eval results (format in summary.py).
 Both also draw their PNG.
 """
@@ -164,6 +165,16 @@ def _session_section(s: Mapping) -> list[str]:
             "## Safety events", "", *safety]  # fmt: skip
 
 
+def _robots_section(s: Mapping) -> list[str]:
+    robots = s.get("robots") or []
+    if not robots:
+        return []
+    header = ["robot", "actor", "env steps", "episodes (successful)", "eval before", "eval after", "outcome"]
+    rows = [[r["robot"], f"`{r['actor']}`", r["env_steps"], f"{r['episodes']} ({r['successful']})",
+             r["eval_before"], r["eval_after"], r["outcome"]] for r in robots]  # fmt: skip
+    return ["## Robots", "", *_table(header, rows)]
+
+
 def _files_section(s: Mapping, run_dir: Path, plot: Path | None) -> list[str]:
     ckpts = s.get("checkpoints")
     ckpts = [ckpts] if isinstance(ckpts, str | Path) else list(ckpts or [])
@@ -198,7 +209,7 @@ def write_finetune_report(run_dir: str | Path, summary: Mapping) -> Path:
     lines += [f"- command: `{s['command']}`" if s.get("command") else "- command: not recorded"]
     lines += [f"- robot: {s.get('robot', 'n/a')}; started {s.get('started_at', 'n/a')}; "
               f"duration {_num(s.get('duration_s'), '.0f')} s; stopped by: {s.get('stopped_by', 'n/a')}", ""]  # fmt: skip
-    lines += _success_section(s) + _session_section(s)
+    lines += _success_section(s) + _robots_section(s) + _session_section(s)
     if s.get("config"):
         lines += ["## Configuration highlights", "", *_table(["key", "value"], sorted(s["config"].items()))]
     lines += _files_section(s, run_dir, plot)

@@ -266,10 +266,16 @@ class Actor:
             self.agent.load_state_dict(agent_state)
         else:
             self._wait_first_weights()
-            self.env_steps = int(self.link.status.get("env_steps", 0)) if self.session.resume else 0
+            self.env_steps = self._resumed_env_steps()
         self._warm_up(spec)
         self._recorders_ready()
         scheduling.freeze_heap()
+
+    def _resumed_env_steps(self) -> int:
+        """Where the budget stands: 0, or on resume the learner's env steps (the robots' sum: each robot's share)."""
+        if not self.session.resume:
+            return 0
+        return int(self.link.status.get("env_steps", 0)) // max(1, int(self.session.get("robots") or 1))
 
     def _warm_up(self, spec) -> None:
         """One decision of each kind before the first episode: the first call traces the sampler's graph (~0.1 s),
@@ -320,8 +326,9 @@ class Actor:
         return summary
 
     def evaluate(self, n: int, label: str) -> dict:
+        first = n * int(self.cfg.get("robot_index") or 0)  # several robots: each plays its own scenes
         results = [
-            self.run_episode("eval", learn=False, seed=EVAL_SEED_OFFSET + i)
+            self.run_episode("eval", learn=False, seed=EVAL_SEED_OFFSET + first + i)
             for i in range(n)
             if not self.stop.is_set()
         ]
@@ -331,6 +338,7 @@ class Actor:
             self.env_steps,
             "eval",
             **{M.EVAL_SUCCESSES: successes, M.EVAL_EPISODES: len(results), "eval/label": label},
+            actor=self.id,
         )
         stops: dict[str, int] = {}
         for r in results:
@@ -538,6 +546,7 @@ class Actor:
                 "driver/realtime": int((self.last_loop or {}).get("mode") == "realtime"),
                 "weights/version": self.link.weights_version,
             },
+            actor=self.id,  # several robots feed one learner: the report and live status show each one's
         )
         log.info(
             "%s episode %d: success=%s return=%.2f length=%d env_steps=%d weights=v%d",

@@ -44,13 +44,16 @@ class Processes:
         """Tiny budgets, the shared seed-data folder and this test's learner ports."""
         return [*TINY, self.seed_root, *self.learner_ports]
 
-    def start(self, command: str, run_dir: Path, *overrides: str) -> subprocess.Popen:
+    def start(
+        self, command: str, run_dir: Path, *overrides: str, prefix: tuple[str, ...] = ()
+    ) -> subprocess.Popen:
+        """`expo-robot COMMAND`; `prefix` runs it through another program (e.g. `ip netns exec NAME`)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         out = (run_dir / f"{command}.out").open("ab")
         args = [*self.common(), f"run_dir={run_dir}", *overrides]
         env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONUNBUFFERED": "1"}
         p = subprocess.Popen(
-            [sys.executable, "-m", "expo_robot.cli", command, *args],
+            [*prefix, sys.executable, "-m", "expo_robot.cli", command, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

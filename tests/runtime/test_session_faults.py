@@ -1,6 +1,6 @@
 """Fault tests of a fine-tune session whose processes run separately (as across machines): a learner killed and
-restarted from its checkpoint loses no transition; a killed actor leaves the robot held and the learner waiting; two
-robots (driver + actor pairs) feed one learner."""
+restarted from its checkpoint loses no transition; a killed actor leaves the robot held and the learner waiting.
+Several robots feeding one learner: test_multi_robot.py."""
 
 import json
 import signal
@@ -83,21 +83,3 @@ def test_killed_actor_leaves_robot_held_and_learner_waiting(processes, tmp_path)
             assert m is None or m.type != "obs" or not m.meta["fresh"], "the robot moved with no policy"
     time.sleep(1.0)
     assert driver.poll() is None and learner.poll() is None, "driver and learner must outlive the actor"
-
-
-@pytest.mark.timeout(600)
-def test_two_robots_feed_one_learner(processes, tmp_path):
-    run = tmp_path / "run"
-    budget = "session.env_steps=200"
-    processes.start("learner", run, budget)
-    actors = []
-    for i in range(2):
-        robot = processes.robot_ports()
-        processes.start("driver", tmp_path / f"driver{i}", *robot)
-        actors.append(processes.start("actor", run, *robot, budget, f"actor_id=a{i}"))
-    for a in actors:
-        assert a.wait(400) == 0
-    processes.procs[0].send_signal(signal.SIGTERM)
-    processes.procs[0].wait(60)
-    received = load_checkpoint(run)["counters"]["received"]
-    assert received.get("a0", 0) >= 2 and received.get("a1", 0) >= 2, received
