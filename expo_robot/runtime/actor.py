@@ -229,7 +229,9 @@ class Actor:
         if self.classifier_cfg.get("path"):  # image tasks without a success detector (expo-robot reward)
             from expo_robot.runtime.reward import load_classifier
 
-            self.classifier = load_classifier(self.classifier_cfg.path, bool(cfg.get("trust_checkpoint", False)))
+            self.classifier = load_classifier(
+                self.classifier_cfg.path, bool(cfg.get("trust_checkpoint", False))
+            )
         self.classifier_hits = 0
         self.success_reward = float(self.session.get("operator_success_reward", 1.0))
 

@@ -170,7 +170,9 @@ def test_eval_compares_finetuned_with_the_bc_start_on_the_same_scenes(run_folder
     a, b = doc["result"], doc["compare"]
     assert (a["label"], b["label"]) == ("latest [expo]", "pretrained [base]")
     assert (a["policy"], b["policy"]) == ("expo", "base")
-    assert a["checkpoint"].endswith("latest.safetensors") and b["checkpoint"].endswith("pretrained.safetensors")
+    assert a["checkpoint"].endswith("latest.safetensors") and b["checkpoint"].endswith(
+        "pretrained.safetensors"
+    )
     for s in (a, b):
         assert s["success"]["n"] == 2 and s["stops"] == {"timeout": 2}
         assert s["episode_length"]["max"] == 8
