@@ -92,6 +92,7 @@ class Learner:
         self.acked: dict[str, int] = {}  # actor -> last batch seq safe in a checkpoint
         self.episodes = 0
         self.rejected: Counter = Counter()  # dropped batches, by reason
+        self.skipped = 0  # resent batches (already stored) and batches after a gap (resent later)
         self.last_rejected: dict[
             str, dict
         ] = {}  # actor -> its last dropped batch {seq, reason}, for its status
@@ -245,6 +246,7 @@ class Learner:
         except MessageRejected as e:
             return self._reject(None, seq, e)
         if seq != self.received.get(actor, 0) + 1:  # a gap or a resend: the actor resends from our status
+            self.skipped += 1
             return False
         if actor not in self.received and len(self.received) >= self.max_actors:
             full = MessageRejected(
