@@ -114,9 +114,12 @@ def _layout_entry(entry) -> tuple[str, str, list[int], int]:
 # ---- value checks: a well-formed message with hostile values is dropped like a malformed one ----
 MAX_COUNTER = 2**53  # counters and sequence numbers beyond this are not plausible (and lose float precision)
 MAX_ACTOR_ID = 64  # characters
-MAX_ABS_WEIGHT = (
-    1e6  # no trained network here holds a larger value; a larger one is a corrupt or hostile message
-)
+# No trained network here holds a larger value; a larger one is a corrupt or hostile message.
+MAX_ABS_WEIGHT = 1e6
+SPEC_TENSORS = (
+    "norm.act_low",
+    "norm.act_high",
+)  # set from the robot's spec, never learned: must be the actor's
 
 
 class MessageRejected(ValueError):
@@ -231,7 +234,7 @@ def check_status(meta: Mapping) -> None:
 
 def check_acting_state(state: Mapping[str, np.ndarray], own: Mapping[str, np.ndarray]) -> None:
     """Raise MessageRejected unless the weights are exactly the tensors of the actor's own acting networks (names,
-    dtypes, shapes), with values in range and positive normalisation scales."""
+    dtypes, shapes), with values in range, positive normalisation scales and the robot's own action bounds."""
     if set(state) != set(own):
         missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         raise MessageRejected(
@@ -247,5 +250,7 @@ def check_acting_state(state: Mapping[str, np.ndarray], own: Mapping[str, np.nda
             )
         if theirs.dtype.kind == "f" and theirs.size and np.abs(theirs).max() > MAX_ABS_WEIGHT:
             raise MessageRejected("weights_range", f"'{name}' holds a value beyond +-{MAX_ABS_WEIGHT:g}")
-        if name.endswith("_std") and theirs.size and theirs.min() <= 0:
+        if name == "norm.obs_std" and theirs.size and theirs.min() <= 0:
             raise MessageRejected("weights_range", f"'{name}' (a normalisation scale) must be positive")
+        if name in SPEC_TENSORS and not np.array_equal(theirs, mine):
+            raise MessageRejected("weights_spec", f"'{name}' differs from this robot's action bounds")
