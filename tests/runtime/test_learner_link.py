@@ -74,13 +74,12 @@ def _first(state: dict) -> str:
         (lambda s: weights(s, **{k: v.astype(np.float64) for k, v in s.items() if v.dtype == np.float32}), "weights_shape"),
         (lambda s: weights(s, **{"norm.obs_std": np.zeros(STATE_DIM, np.float32)}), "weights_range"),
         (lambda s: weights(s, **{k: np.full_like(v, 1e30) for k, v in s.items() if v.dtype == np.float32}), "weights_range"),
-        (lambda s: weights(s, **{"norm.act_high": s["norm.act_high"] * 10}), "weights_spec"),
         (lambda s: (weights(s)[0], {**weights(s)[1], "layout": [[1, "float32", [2], 0]]}), "weights_layout"),
         (lambda s: (weights(s)[0], {**weights(s)[1], "layout": [["x", "float32", [-2], 0]]}), "weights_layout"),
         (lambda s: (weights(s)[0], {**weights(s)[1], "layout": [["x", "float32", [2], 2**40]]}), "weights_layout"),
         (lambda s: (weights(s)[0], {**weights(s)[1], "layout": [["x", "float32"]]}), "weights_layout"),
     ],
-    ids=["missing", "extra", "shape", "dtype", "zero std", "1e30", "action bounds", "name", "negative dim", "offset", "entry"],
+    ids=["missing", "extra", "shape", "dtype", "zero std", "1e30", "name", "negative dim", "offset", "entry"],
 )  # fmt: skip
 def test_weights_that_do_not_fit_the_actors_networks_are_dropped(link_and_learner, make, reason):
     link, pub, own = link_and_learner
