@@ -211,9 +211,8 @@ class RecorderProcess:
                 return
             self.queued_episodes -= 1  # (not waited for)
             self.dropped[f"episode.{msg.meta['reason'][:40]}"] += 1
-            log.error(
-                "recorder for %s dropped an episode: %s", self.root, msg.meta["reason"][:MAX_ERROR_CHARS]
-            )
+            log.error("recorder for %s dropped an episode (%s; the recorder's log says more)", self.root,
+                      msg.meta["reason"][:40])  # fmt: skip
         elif 0 <= msg.meta["index"] <= self.queued_episodes:
             self.saved_episodes = max(self.saved_episodes, msg.meta["index"])
         else:  # more saved than were ever sent
@@ -313,7 +312,7 @@ def _queue(writer: EpisodeWriter, msg, chan: Channel) -> bool:
     except MessageRejected as e:
         chan.counters[f"invalid.{e.reason}"] += 1
         log.error("recorder: dropped an episode: %s", e)
-        chan.send("dropped", meta={"reason": str(e)})
+        chan.send("dropped", meta={"reason": e.reason})
         return True
     cams = [k[len("image.") :] for k in a if k.startswith("image.")]
     try:
