@@ -80,6 +80,10 @@ def transition_limits(cfg: DictConfig, spec: AgentSpec) -> TransitionLimits:
     )  # fmt: skip
 
 
+def _one_line(error: Exception, limit: int = 300) -> str:
+    return " ".join(str(error).split())[:limit]
+
+
 class Learner:
     def __init__(self, cfg: DictConfig, run_dir: Path, stop: threading.Event | None = None):
         self.cfg, self.run_dir, self.stop = cfg, run_dir, stop or threading.Event()
@@ -93,9 +97,8 @@ class Learner:
         self.episodes = 0
         self.rejected: Counter = Counter()  # dropped batches, by reason
         self.skipped = 0  # resent batches (already stored) and batches after a gap (resent later)
-        self.last_rejected: dict[
-            str, dict
-        ] = {}  # actor -> its last dropped batch {seq, reason}, for its status
+        # actor -> its last dropped batch {seq, reason}, for its status
+        self.last_rejected: dict[str, dict] = {}
         self._rejection_logged = -REJECTION_LOG_EVERY_S
         self.weights_dirty, self._weights, self._weights_version = True, None, 0
         self.metrics = MetricsLogger(run_dir)
@@ -198,16 +201,24 @@ class Learner:
         return 0
 
     def _crashed(self, error: Exception) -> int:
+        """Keep what can be kept (a final checkpoint, the traceback in a file), say it in one line, exit code 1."""
         where = traceback.extract_tb(error.__traceback__)[-1]
         trace = self.run_dir / "learner_error.txt"
-        trace.write_text("".join(traceback.format_exception(error)))
+        try:
+            trace.write_text("".join(traceback.format_exception(error)))
+            traced = f"traceback in {trace}"
+        except OSError as e:
+            traced = f"traceback not written ({e})"
         try:
             saved = f"final checkpoint {self.checkpoint()}"
         except Exception as e:  # (the state may be what broke)
-            saved = f"no final checkpoint ({type(e).__name__}: {e})"
-        log.error("learner stopped by %s: %s at %s:%d; %s; traceback in %s", type(error).__name__, error,
-                  Path(where.filename).name, where.lineno, saved, trace)  # fmt: skip
-        self.close()
+            saved = f"no final checkpoint ({type(e).__name__}: {_one_line(e)})"
+        log.error("learner stopped by %s: %s at %s:%d; %s; %s", type(error).__name__, _one_line(error),
+                  Path(where.filename).name, where.lineno, saved, traced)  # fmt: skip
+        try:
+            self.close()
+        except Exception as e:  # (closing must not turn exit code 1 into a traceback)
+            log.error("learner: closing failed: %s", _one_line(e))
         return 1
 
     def _loop(self) -> None:
