@@ -245,7 +245,7 @@ def check_acting_state(state: Mapping[str, np.ndarray], own: Mapping[str, np.nda
                 "weights_shape",
                 f"'{name}' is {theirs.dtype}{theirs.shape}, this actor's network has {mine.dtype}{mine.shape}",
             )
-        if theirs.dtype.kind == "f" and theirs.size and np.abs(theirs).max() > MAX_ABS_WEIGHT:
+        if theirs.dtype.kind == "f" and theirs.size and max(theirs.max(), -theirs.min()) > MAX_ABS_WEIGHT:
             raise MessageRejected("weights_range", f"'{name}' holds a value beyond +-{MAX_ABS_WEIGHT:g}")
         if name == "norm.obs_std" and theirs.size and theirs.min() <= 0:
             raise MessageRejected("weights_range", f"'{name}' (a normalisation scale) must be positive")
