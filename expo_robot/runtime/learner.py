@@ -76,7 +76,7 @@ def transition_limits(cfg: DictConfig, spec: AgentSpec) -> TransitionLimits:
     return TransitionLimits(
         spec.state_dim, spec.action_dim, spec.chunk, float(cfg.agent.gamma),
         np.asarray(spec.action_low, np.float32), np.asarray(spec.action_high, np.float32),
-        float(bounds.max_abs_reward), float(bounds.max_abs_state), dict(spec.images),
+        float(bounds.max_abs_reward), float(bounds.max_abs_state),
     )  # fmt: skip
 
 

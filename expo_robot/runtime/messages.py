@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -129,7 +129,7 @@ class MessageRejected(ValueError):
 @dataclass(frozen=True)
 class TransitionLimits:
     """What the learner accepts in a transitions batch: the robot's spec and the session's bounds
-    (`session.transitions`)."""
+    (`session.transitions`). Camera frames need no more than the wire's checks (exact shapes; any byte is a pixel)."""
 
     state_dim: int
     action_dim: int
@@ -139,7 +139,6 @@ class TransitionLimits:
     action_high: np.ndarray
     max_abs_reward: float = 100.0  # per env step
     max_abs_state: float = 1e4
-    images: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
 
 
 def check_actor_id(actor: str) -> None:
