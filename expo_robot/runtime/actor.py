@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,13 @@ from expo_robot.observe.metrics import MetricsLogger
 from expo_robot.observe.stats import latency_summary
 from expo_robot.runtime import scheduling
 from expo_robot.runtime.learner import agent_cameras
-from expo_robot.runtime.messages import LEARNER_OUTBOX, unpack_state
+from expo_robot.runtime.messages import (
+    LEARNER_OUTBOX,
+    MessageRejected,
+    check_acting_state,
+    check_status,
+    unpack_state,
+)
 from expo_robot.runtime.recorder_process import RecorderProcess
 from expo_robot.transport.robot_client import RobotClient
 from expo_robot.transport.sockets import CurveKeys, Pusher, Subscriber, address
@@ -47,6 +54,7 @@ log = logging.getLogger(__name__)
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes use their own seeds: the same scenes before and after
 RESEND_AFTER_S = 3.0  # the learner's count of our batches has not moved for this long: resend from its count
 STALL_S = 5.0  # no fresh observation for this long ends the episode (driver held by its safety layer)
+DROP_LOG_EVERY_S = 5.0  # dropped learner messages are logged at most this often
 
 
 class ReplanNeeded(Exception):
@@ -112,6 +120,11 @@ class LearnerLink:
         self.kept: dict[int, tuple[dict, dict]] = {}  # seq -> (arrays, meta), until acked
         self.next_seq, self.send_from = 1, 1
         self._last_received, self._progress_t = 0, time.monotonic()
+        self.own_weights: dict[str, np.ndarray] | None = None  # the agent's acting tensors (set at connect)
+        self.dropped: Counter = Counter()  # learner messages dropped for their values, by reason
+        self._drop_logged = -DROP_LOG_EVERY_S
+        self.refused: Counter = Counter()  # our batches the learner dropped, by reason
+        self._last_refusal: tuple | None = None
 
     @property
     def weights_version(self) -> int:
@@ -122,28 +135,50 @@ class LearnerLink:
         return time.monotonic() - self.seen < self.timeout_s
 
     def poll(self) -> None:
-        """Read everything the learner published; remember the newest weights and status."""
+        """Read everything the learner published; remember the newest weights and status. A message whose values
+        are out of range is dropped, counted by reason and logged."""
         while (msg := self.sub.recv(0.0)) is not None:
-            if msg.type == "weights":
-                # The learner re-sends its newest weights every second for late joiners: only a new version (or a
-                # new learner) is unpacked and loaded, so the control loop does not reload the same tensors.
-                key = (msg.meta["learner"], msg.meta["version"])
-                if key == self.weights_key:
-                    continue
-                try:
-                    self.weights = unpack_state(msg.arrays, msg.meta)
-                except ValueError as e:
-                    log.error("dropped a weights message: %s", e)
-                    continue
-                self.weights_key = key
-            else:
-                self._on_status(msg.meta)
+            try:
+                if msg.type == "weights":
+                    self._on_weights(msg)
+                else:
+                    check_status(msg.meta)
+                    self._on_status(msg.meta)
+            except MessageRejected as e:
+                self._drop(msg.type, e)
         self._send_pending()
 
+    def _on_weights(self, msg) -> None:
+        # The learner re-sends its newest weights every second for late joiners: only a new version (or a new
+        # learner) is unpacked and loaded, so the control loop does not reload the same tensors.
+        key = (msg.meta["learner"], msg.meta["version"])
+        if key == self.weights_key:
+            return
+        try:
+            weights = unpack_state(msg.arrays, msg.meta)
+        except ValueError as e:
+            raise MessageRejected("weights_layout", str(e)) from e
+        if self.own_weights is not None:
+            check_acting_state(weights, self.own_weights)
+        self.weights, self.weights_key = weights, key
+
+    def _drop(self, msg_type: str, error: MessageRejected) -> None:
+        self.dropped[error.reason] += 1
+        now = time.monotonic()
+        if now - self._drop_logged >= DROP_LOG_EVERY_S:
+            self._drop_logged = now
+            log.error("%s: dropped a %s message from the learner: %s (dropped so far: %s)", self.actor_id,
+                      msg_type, error, dict(self.dropped))  # fmt: skip
+
     def _on_status(self, status: dict) -> None:
-        received = status.get("received", {}).get(self.actor_id, 0)
+        received = status["received"].get(self.actor_id, 0)
         if self.next_seq == 1 and not self.kept:  # a new actor continues a resumed session's numbering
             self.next_seq = self.send_from = received + 1
+        if received >= self.next_seq:
+            raise MessageRejected(
+                "seq_ahead", f"status counts {received} batches of ours, we sent {self.next_seq - 1}"
+            )
+        self._note_refused(status)
         if status["learner"] != self.status.get("learner"):
             if self.status:
                 log.warning(
@@ -151,16 +186,30 @@ class LearnerLink:
                     status["learner"],
                     self.status.get("learner"),
                 )
-            self.send_from = status.get("acked", {}).get(self.actor_id, 0) + 1
+            self.send_from = status["acked"].get(self.actor_id, 0) + 1
         now = time.monotonic()
         if received != self._last_received:
             self._last_received, self._progress_t = received, now
         elif self.send_from > received + 1 and now - self._progress_t > RESEND_AFTER_S:
             self.send_from, self._progress_t = received + 1, now  # a batch went missing in flight: resend
         self.status, self.seen = status, now
-        acked = status.get("acked", {}).get(self.actor_id, 0)
+        acked = status["acked"].get(self.actor_id, 0)
         for seq in [s for s in self.kept if s <= acked]:
             del self.kept[seq]
+
+    def _note_refused(self, status: dict) -> None:
+        """The learner dropped a batch of ours (values out of its bounds): said once, loudly; its seq counts as
+        received, so nothing waits for it, and the episode stays in this actor's recorded dataset."""
+        refused = status.get("rejected", {}).get(self.actor_id)
+        if refused is None:
+            return
+        key = (status["learner"], refused["seq"], refused["reason"][:64])
+        if key == self._last_refusal:
+            return
+        self._last_refusal = key
+        self.refused[key[2]] += 1
+        log.error("%s: the learner dropped our transitions batch %d (%s): it does not learn from that episode; "
+                  "do the actor's and the learner's configs differ?", self.actor_id, key[1], key[2])  # fmt: skip
 
     def submit(self, batch: dict[str, np.ndarray], env_steps: int) -> None:
         meta = {"actor": self.actor_id, "seq": self.next_seq, "env_steps": int(env_steps)}
@@ -229,7 +278,9 @@ class Actor:
         if self.classifier_cfg.get("path"):  # image tasks without a success detector (expo-robot reward)
             from expo_robot.runtime.reward import load_classifier
 
-            self.classifier = load_classifier(self.classifier_cfg.path)
+            self.classifier = load_classifier(
+                self.classifier_cfg.path, bool(cfg.get("trust_checkpoint", False))
+            )
         self.classifier_hits = 0
         self.success_reward = float(self.session.get("operator_success_reward", 1.0))
 
@@ -261,6 +312,8 @@ class Actor:
             device=self.cfg.device,
             seed=int(self.cfg.seed),
         )
+        if self.link is not None:  # the learner's weights must fit these networks exactly
+            self.link.own_weights = self.agent.acting_state()
         log.info("%s: robot %s (%s, %.0f Hz)", self.id, spec.robot, spec.mode, spec.fps)
         if agent_state is not None:
             self.agent.load_state_dict(agent_state)

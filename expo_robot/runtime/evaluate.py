@@ -1,7 +1,7 @@
 """`expo-robot eval`: a checkpoint's fixed policy on the robot, through the driver's full safety layer, with a report.
 
-    expo-robot eval eval.policy=runs/<date>/<finetune run> eval.episodes=20    # its checkpoints/latest.pt
-    expo-robot eval eval.policy=runs/X eval.compare=runs/X/checkpoints/pretrained.pt eval.compare_act=base
+    expo-robot eval eval.policy=runs/<date>/<finetune run> eval.episodes=20    # its checkpoints/latest.safetensors
+    expo-robot eval eval.policy=runs/X eval.compare=runs/X/checkpoints/pretrained.safetensors eval.compare_act=base
                                                        # fine-tuned EXPO vs the BC start (the base alone)
     expo-robot eval eval.policy=runs/X eval.compare=runs/X eval.compare_act=base   # OTF EXPO vs its own base alone
 
@@ -33,7 +33,7 @@ from expo_robot.observe.report import EVAL_PLOT, write_eval_report
 from expo_robot.observe.stats import latency_summary
 from expo_robot.runtime import scheduling
 from expo_robot.runtime.actor import EVAL_SEED_OFFSET, Actor, EpisodeResult
-from expo_robot.runtime.checkpoint import CheckpointError, load_checkpoint
+from expo_robot.runtime.checkpoint import CheckpointError, checkpoint_file, load_checkpoint
 from expo_robot.runtime.launcher import Launcher
 from expo_robot.transport.protocol import PeerTimeoutError
 from expo_robot.transport.robot_client import RobotClient
@@ -61,15 +61,6 @@ class Policy:
 
 
 # ---- checkpoints ----
-def checkpoint_file(path: str | Path) -> Path:
-    """The .pt file behind a checkpoint file, a run folder or its checkpoints folder (as load_checkpoint finds it)."""
-    path = Path(path)
-    for cand in (path / "checkpoints" / "latest.pt", path / "latest.pt"):
-        if path.is_dir() and cand.exists():
-            return cand
-    return path
-
-
 def _stored_config(ckpt: dict, path: Path) -> DictConfig:
     text = ckpt.get("config")
     if not text:
@@ -105,7 +96,7 @@ def load_policy(cfg: DictConfig, path: str | Path, act: str, agent_overridden: b
     if act not in ACTS:
         raise EvalError(f"act must be one of {', '.join(ACTS)} (got '{act}')")
     file = checkpoint_file(path)
-    ckpt = load_checkpoint(file)
+    ckpt = load_checkpoint(file, trust=bool(cfg.get("trust_checkpoint", False)))
     if "agent" not in ckpt:
         raise CheckpointError(
             f"{file} holds no agent state (keys: {sorted(ckpt)}); is it a learner checkpoint?"
@@ -374,7 +365,7 @@ def evaluate(
     """Evaluate eval.policy (and eval.compare), write the report. Returns (report or None, why it ended early)."""
     ev = cfg.eval
     if not ev.policy:
-        raise ConfigError("no policy to evaluate: give eval.policy=<checkpoint .pt or run folder>")
+        raise ConfigError("no policy to evaluate: give eval.policy=<checkpoint .safetensors or run folder>")
     if int(ev.episodes) < 1:
         raise ConfigError(f"eval.episodes must be >= 1 (got {ev.episodes})")
     overridden = _agent_overridden(overrides)

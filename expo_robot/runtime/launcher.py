@@ -348,7 +348,7 @@ class Launcher:
             "stopped_by": self.stopped_by,
             "duration_s": time.time() - self.started,
             "target_period_s": 1.0 / float(cfg.robot.fps),
-            "checkpoints": [str(p) for p in sorted((self.run_dir / "checkpoints").glob("*.pt"))],
+            "checkpoints": [str(p) for p in sorted((self.run_dir / "checkpoints").glob("*.safetensors"))],
             "config": {
                 "agent": cfg.agent.name,
                 "profile": cfg.profile,

@@ -5,7 +5,9 @@
 Updates are paced by data: every H env steps received earn `session.updates_per_chunk` calls of `agent.update`
 (each does the agent's UTD critic steps). Status messages (every 0.2 s) tell actors how far training has got, which
 batches are stored and which are safe in a checkpoint, so a lock-step session does not depend on machine speed and a
-restarted learner gets back every transition its checkpoint lacks.
+restarted learner gets back every transition its checkpoint lacks. A batch with values out of range is dropped, counted
+by reason and named in the status (messages.check_transitions). Whatever else goes wrong in the loop ends it with a
+final checkpoint, one logged line (the traceback goes to learner_error.txt) and exit code 1.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import logging
 import signal
 import threading
 import time
+import traceback
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +32,15 @@ from expo_robot.config import make_run_dir
 from expo_robot.data.replay import ReplayBuffer
 from expo_robot.observe.metrics import BUFFER_SIZE, LEARNER_UPDATES, MetricsLogger
 from expo_robot.runtime import scheduling
-from expo_robot.runtime.checkpoint import load_checkpoint, save_checkpoint
-from expo_robot.runtime.messages import pack_state, transitions_schema
+from expo_robot.runtime.checkpoint import LATEST, PRETRAINED, load_checkpoint, save_checkpoint
+from expo_robot.runtime.messages import (
+    MessageRejected,
+    TransitionLimits,
+    check_actor_id,
+    check_transitions,
+    pack_state,
+    transitions_schema,
+)
 from expo_robot.runtime.offline import load_offline_transitions, offline_dataset_paths
 from expo_robot.transport.sockets import CurveKeys, Publisher, Puller, address
 
@@ -39,6 +50,7 @@ WEIGHTS_REPEAT_S = (
     1.0  # the newest weights are re-sent this often: late joiners and restarted actors get them
 )
 ONLINE_CAPACITY = 1_000_000
+REJECTION_LOG_EVERY_S = 1.0  # a flood of bad batches must not flood the log
 
 
 def agent_cameras(cfg: DictConfig, cameras: dict | None = None) -> dict[str, tuple[int, int, int]]:
@@ -58,6 +70,20 @@ def agent_spec(cfg: DictConfig, state_dim: int) -> AgentSpec:
     )  # fmt: skip
 
 
+def transition_limits(cfg: DictConfig, spec: AgentSpec) -> TransitionLimits:
+    """What the learner accepts from actors: the agent's spec and the bounds of `session.transitions`."""
+    bounds = cfg.session.transitions
+    return TransitionLimits(
+        spec.state_dim, spec.action_dim, spec.chunk, float(cfg.agent.gamma),
+        np.asarray(spec.action_low, np.float32), np.asarray(spec.action_high, np.float32),
+        float(bounds.max_abs_reward), float(bounds.max_abs_state),
+    )  # fmt: skip
+
+
+def _one_line(error: Exception, limit: int = 300) -> str:
+    return " ".join(str(error).split())[:limit]
+
+
 class Learner:
     def __init__(self, cfg: DictConfig, run_dir: Path, stop: threading.Event | None = None):
         self.cfg, self.run_dir, self.stop = cfg, run_dir, stop or threading.Event()
@@ -69,10 +95,17 @@ class Learner:
         self.received: dict[str, int] = {}  # actor -> last contiguous batch seq stored
         self.acked: dict[str, int] = {}  # actor -> last batch seq safe in a checkpoint
         self.episodes = 0
+        self.rejected: Counter = Counter()  # dropped batches, by reason
+        self.skipped = 0  # resent batches (already stored) and batches after a gap (resent later)
+        # actor -> its last dropped batch {seq, reason}, for its status
+        self.last_rejected: dict[str, dict] = {}
+        self._rejection_logged = -REJECTION_LOG_EVERY_S
         self.weights_dirty, self._weights, self._weights_version = True, None, 0
         self.metrics = MetricsLogger(run_dir)
         self.rng = np.random.default_rng(cfg.seed)
         self._setup_data_and_agent()
+        self.limits = transition_limits(cfg, self.agent.spec)
+        self.max_actors = int(cfg.session.transitions.max_actors)
         curve = CurveKeys.from_config(cfg.runtime.curve)
         self.inbox = Puller(
             address(cfg.runtime, "transitions"),
@@ -106,7 +139,7 @@ class Learner:
             self._resume(cfg.session.resume)
         else:
             if cfg.session.pretrained:
-                self.agent.load_state_dict(load_checkpoint(cfg.session.pretrained)["agent"])
+                self.agent.load_state_dict(load_checkpoint(cfg.session.pretrained, self.trust)["agent"])
                 log.info("base policy from %s", cfg.session.pretrained)
             elif cfg.session.pretrain_steps > 0:
                 self._pretrain(int(cfg.session.pretrain_steps))
@@ -127,19 +160,20 @@ class Learner:
         self.agent.pretrain(self.offline, steps, progress=progress)
         # The BC start, kept so `expo-robot eval` can compare it with the fine-tuned policy.
         path = save_checkpoint(
-            self.run_dir / "checkpoints" / "pretrained.pt",
+            self.run_dir / "checkpoints" / PRETRAINED,
             {"agent": self.agent.state_dict(), "config": self.cfg_yaml()},
         )
         log.info("pretraining done in %.0f s; base policy saved to %s", time.monotonic() - t0, path)
 
     def _resume(self, path: str) -> None:
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, self.trust)
         self.agent.load_state_dict(state["agent"])
         self.online.load_state_dict(state["online"])
         self.offline.load_state_dict(state["offline"])
         c = state["counters"]
         self.updates, self.env_steps, self.episodes = c["updates"], c["env_steps"], c["episodes"]
         self.received = dict(c["received"])
+        self.rejected = Counter(c.get("rejected", {}))
         self.acked = dict(self.received)
         log.info(
             "resumed from %s: %d updates, %d env steps, %d online transitions",
@@ -149,8 +183,45 @@ class Learner:
             len(self.online),
         )
 
+    @property
+    def trust(self) -> bool:
+        """trust_checkpoint=true: old torch.save checkpoints (pickles) load too."""
+        return bool(self.cfg.get("trust_checkpoint", False))
+
     # ---- loop ----
     def run(self) -> int:
+        """Until `stop`: 0 after a final checkpoint; 1 after an unexpected error (see `_crashed`)."""
+        try:
+            self._loop()
+        except Exception as e:  # the last resort: whatever broke, keep what was learned and exit cleanly
+            return self._crashed(e)
+        self.checkpoint()
+        self._publish_status()
+        self.close()
+        return 0
+
+    def _crashed(self, error: Exception) -> int:
+        """Keep what can be kept (a final checkpoint, the traceback in a file), say it in one line, exit code 1."""
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        trace = self.run_dir / "learner_error.txt"
+        try:
+            trace.write_text("".join(traceback.format_exception(error)))
+            traced = f"traceback in {trace}"
+        except OSError as e:
+            traced = f"traceback not written ({e})"
+        try:
+            saved = f"final checkpoint {self.checkpoint()}"
+        except Exception as e:  # (the state may be what broke)
+            saved = f"no final checkpoint ({type(e).__name__}: {_one_line(e)})"
+        log.error("learner stopped by %s: %s at %s:%d; %s; %s", type(error).__name__, _one_line(error),
+                  Path(where.filename).name, where.lineno, saved, traced)  # fmt: skip
+        try:
+            self.close()
+        except Exception as e:  # (closing must not turn exit code 1 into a traceback)
+            log.error("learner: closing failed: %s", _one_line(e))
+        return 1
+
+    def _loop(self) -> None:
         last_status = last_weights = 0.0
         log.info(
             "learner %s ready: offline %d transitions, online %d",
@@ -169,10 +240,6 @@ class Learner:
             if self.weights_dirty or now - last_weights > WEIGHTS_REPEAT_S:
                 self._publish_weights()
                 last_weights = now
-        self.checkpoint()
-        self._publish_status()
-        self.close()
-        return 0
 
     def _receive(self, timeout_s: float) -> bool:
         got = False
@@ -183,11 +250,26 @@ class Learner:
         return got
 
     def _store(self, msg) -> bool:
+        """Store the next batch of an actor; a resend or a gap is skipped, a batch out of range is dropped."""
         actor, seq = msg.meta["actor"], msg.meta["seq"]
+        try:
+            check_actor_id(actor)
+        except MessageRejected as e:
+            return self._reject(None, seq, e)
         if seq != self.received.get(actor, 0) + 1:  # a gap or a resend: the actor resends from our status
+            self.skipped += 1
             return False
+        if actor not in self.received and len(self.received) >= self.max_actors:
+            full = MessageRejected(
+                "too_many_actors", f"{self.max_actors} actors already (session.transitions)"
+            )
+            return self._reject(None, seq, full)
+        try:
+            check_transitions(msg.arrays, msg.meta, self.limits)
+        except MessageRejected as e:
+            return self._reject(actor, seq, e)
         batch = {k: np.asarray(v) for k, v in msg.arrays.items()}
-        self.online.add_batch(batch)
+        self.online.add_batch(batch)  # (cannot fail: check_transitions checked every shape)
         interventions = batch["intervention"]
         if interventions.any():  # EXPO-FT: operator takeovers are offline-quality data
             self.offline.add_batch({k: v[interventions] for k, v in batch.items()})
@@ -203,6 +285,23 @@ class Learner:
             **{"buffer/interventions": int(interventions.sum())},
         )
         return True
+
+    def _reject(self, actor: str | None, seq: int, error: MessageRejected) -> bool:
+        """Count and log a dropped batch. Its seq counts as received (then acked), so the actor's resends do not
+        wedge on it, and its status names it (the actor logs it; the episode stays in its recorded dataset).
+        `actor` None: a sender this learner does not keep track of (bad id, too many actors)."""
+        self.rejected[error.reason] += 1
+        if actor is not None:
+            self.received[actor] = seq
+            self.last_rejected[actor] = {"seq": seq, "reason": error.reason}
+        now = time.monotonic()
+        if now - self._rejection_logged >= REJECTION_LOG_EVERY_S:
+            self._rejection_logged = now
+            log.warning("dropped transitions batch %d of %s: %s (dropped so far: %s)", seq,
+                        actor or "an unknown sender", error, dict(self.rejected))  # fmt: skip
+            rejected = {f"transitions/rejected.{reason}": n for reason, n in self.rejected.items()}
+            self.metrics.log(self.env_steps, "learner", **rejected)
+        return actor is not None
 
     def _update(self) -> None:
         t0 = time.perf_counter()
@@ -248,6 +347,7 @@ class Learner:
             "offline": len(self.offline),
             "received": self.received,
             "acked": self.acked,
+            "rejected": self.last_rejected,
         }
         self.outbox.send("status", None, meta)
 
@@ -257,6 +357,7 @@ class Learner:
             "env_steps": self.env_steps,
             "episodes": self.episodes,
             "received": dict(self.received),
+            "rejected": dict(self.rejected),
         }
         state = {
             "agent": self.agent.state_dict(),
@@ -265,7 +366,7 @@ class Learner:
             "counters": counters,
             "config": self.cfg_yaml(),
         }
-        path = save_checkpoint(self.run_dir / "checkpoints" / "latest.pt", state)
+        path = save_checkpoint(self.run_dir / "checkpoints" / LATEST, state)
         self.acked = dict(self.received)
         log.info("checkpoint %s (%d updates, %d online transitions)", path, self.updates, len(self.online))
         return path

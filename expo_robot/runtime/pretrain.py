@@ -2,12 +2,12 @@
 
     expo-robot pretrain                                        # the simulated seed data (made on demand)
     expo-robot pretrain data/demos_a data/demos_b session.pretrain_steps=5000
-    expo-robot finetune session.pretrained=<run>/checkpoints/pretrained.pt session.pretrain_steps=0
+    expo-robot finetune session.pretrained=<run>/checkpoints/pretrained.safetensors session.pretrain_steps=0
 
 The datasets (positional paths, else session.offline.datasets, else the sim seed data) become chunk transitions
 exactly as the learner loads them (runtime/offline.py), the agent's own `pretrain` runs with a progress bar, and the
-run folder gets metrics.jsonl, pretrain_loss.png and checkpoints/pretrained.pt (also latest.pt, so the run folder
-itself can be passed): {"agent": state_dict, "config": resolved yaml}, the layout the learner writes.
+run folder gets metrics.jsonl, pretrain_loss.png and checkpoints/pretrained.safetensors (also latest.safetensors,
+so the run folder itself can be passed): {"agent": state_dict, "config": resolved yaml}, the layout the learner writes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from expo_robot.config import ConfigError, make_run_dir
 from expo_robot.data.replay import ReplayBuffer
 from expo_robot.observe.live import ProgressBar
 from expo_robot.observe.metrics import MetricsLogger
-from expo_robot.runtime.checkpoint import save_checkpoint
+from expo_robot.runtime.checkpoint import LATEST, PRETRAINED, save_checkpoint
 from expo_robot.runtime.learner import agent_cameras, agent_spec
 from expo_robot.runtime.offline import load_offline_transitions, offline_dataset_paths
 
@@ -70,8 +70,8 @@ def pretrain(cfg: DictConfig, run_dir: Path, paths: list[Path], steps: int) -> d
 
         final = agent.pretrain(buffer, steps, progress=progress)
     state = {"agent": agent.state_dict(), "config": OmegaConf.to_yaml(cfg, resolve=True)}
-    path = save_checkpoint(run_dir / "checkpoints" / "pretrained.pt", state)
-    save_checkpoint(run_dir / "checkpoints" / "latest.pt", state)
+    path = save_checkpoint(run_dir / "checkpoints" / PRETRAINED, state)
+    save_checkpoint(run_dir / "checkpoints" / LATEST, state)
     plot = plot_losses(history, run_dir / "pretrain_loss.png")
     return {
         "checkpoint": str(path),

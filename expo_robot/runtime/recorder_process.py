@@ -5,7 +5,9 @@ parquet holds the lock for long stretches, and a policy step that needs the lock
 session on 2 cores: policy step p99 5 ms without recording, 26-99 ms with it in the actor's process. A
 RecorderProcess keeps EpisodeWriter's caller API (add_frame, end_episode, discard_episode, close); each ended episode
 goes as one wire message (a msgpack header and raw arrays, no pickle) to a child process that owns the EpisodeWriter,
-and the child reports every save or failure back. The child runs at a low priority and follows its parent's death
+and the child reports every save or failure back. Both sides check the other's values, not only the message's form:
+an episode whose fields disagree on its length, or a report naming an episode never sent, is counted by reason,
+logged and dropped (the child says which episode it dropped, so the parent does not wait for it). The child runs at a low priority and follows its parent's death
 (it then saves what it already received and finalizes the dataset).
 
     python -m expo_robot.runtime.recorder_process '<json settings>'   # the child; started by RecorderProcess
@@ -20,11 +22,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from expo_robot.data.dataset_io import FLAGS, DatasetError, EpisodeWriter
+from expo_robot.runtime.messages import MessageRejected
 from expo_robot.runtime.scheduling import die_with_parent
 from expo_robot.transport.sockets import Channel, Pair
 from expo_robot.transport.wire import FieldSpec, Schema
@@ -32,8 +36,11 @@ from expo_robot.transport.wire import FieldSpec, Schema
 log = logging.getLogger(__name__)
 MAX_EPISODE_BYTES = 1 << 30  # a 1000-step episode with two 96x96 cameras is ~55 MB
 MAX_PENDING = 64  # ended episodes the child has not saved yet; more means the disk cannot keep up
+MAX_ERROR_CHARS = 500  # a child's error message, as the parent shows it
+MAX_TASK_CHARS = 1000
 STATUS = {t: Schema(t, meta={"index": int}) for t in ("ready", "saved", "closed")} | {
-    "failed": Schema("failed", meta={"error": str})
+    "failed": Schema("failed", meta={"error": str}),
+    "dropped": Schema("dropped", meta={"reason": str}),
 }
 
 
@@ -91,6 +98,9 @@ class RecorderProcess:
         )
         self._ready = False
         self.start_timeout_s = start_timeout_s
+        self.dropped: Counter = (
+            Counter()
+        )  # reports of the child dropped for their values, and episodes it dropped
 
     def wait_ready(self) -> None:
         """Block until the child has opened the dataset (importing lerobot takes ~13 s here): call it before the
@@ -98,15 +108,22 @@ class RecorderProcess:
         if self._ready:
             return
         first = self._chan.recv(self.start_timeout_s)
-        if first is None or first.type != "ready":
-            error = (
-                first.meta["error"] if first is not None else f"no answer within {self.start_timeout_s:.0f} s"
-            )
+        error = self._start_problem(first)
+        if error:
             self._closed = True
             self._stop_child()
             raise DatasetError(f"recorder for {self.root} did not start: {error}")
         self._ready = True
         self.queued_episodes = self.saved_episodes = first.meta["index"]
+
+    def _start_problem(self, first) -> str:
+        if first is None:
+            return f"no answer within {self.start_timeout_s:.0f} s"
+        if first.type == "failed":
+            return first.meta["error"][:MAX_ERROR_CHARS]
+        if first.type != "ready" or first.meta["index"] < 0:
+            return f"its first message was '{first.type}' ({first.meta}), not 'ready' with an episode count"
+        return ""
 
     # ── caller side (control loop) ─────────────────────────────────────────────
     def add_frame(self, state, action, reward: float, *, intervention=False, success=False, safety_stop=False,
@@ -187,9 +204,21 @@ class RecorderProcess:
         if msg is None:
             return
         if msg.type == "failed":
-            self._error = msg.meta["error"]
-        else:
+            self._error = msg.meta["error"][:MAX_ERROR_CHARS] or "unknown error"
+        elif msg.type == "dropped":
+            if self.queued_episodes <= self.saved_episodes:  # it has nothing of ours to drop
+                self.dropped["report.dropped"] += 1
+                return
+            self.queued_episodes -= 1  # (not waited for)
+            self.dropped[f"episode.{msg.meta['reason'][:40]}"] += 1
+            log.error("recorder for %s dropped an episode (%s; the recorder's log says more)", self.root,
+                      msg.meta["reason"][:40])  # fmt: skip
+        elif 0 <= msg.meta["index"] <= self.queued_episodes:
             self.saved_episodes = max(self.saved_episodes, msg.meta["index"])
+        else:  # more saved than were ever sent
+            self.dropped["report.index"] += 1
+            log.warning("recorder for %s: dropped a report of %d saved episodes (%d sent)", self.root,
+                        msg.meta["index"], self.queued_episodes)  # fmt: skip
 
     def _raise_if_failed(self) -> None:
         while self._ready and (msg := self._chan.recv(0.0)) is not None:
@@ -260,8 +289,31 @@ def serve(settings: dict) -> int:
     return 0
 
 
+def check_episode(arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Raise MessageRejected unless every field holds the same number (>= 1) of frames, flags are 0 or 1 and the
+    task is a sensible string (the schema has checked names, dtypes and per-frame shapes)."""
+    lengths = {k: len(v) for k, v in arrays.items()}
+    if not lengths["state"]:
+        raise MessageRejected("empty", "an episode has at least one frame")
+    if len(set(lengths.values())) != 1:
+        raise MessageRejected("lengths", f"fields disagree on the episode's length: {lengths}")
+    if any(arrays[flag].view(np.uint8).max() > 1 for flag in FLAGS):
+        raise MessageRejected("flags", "flags must be 0 or 1")
+    if not 0 < len(meta["task"]) <= MAX_TASK_CHARS:
+        raise MessageRejected("task", f"the task must be 1-{MAX_TASK_CHARS} characters")
+
+
 def _queue(writer: EpisodeWriter, msg, chan: Channel) -> bool:
+    """Hand an episode to the writer: False if saving failed (reported; nothing more is saved). An episode out of
+    range is dropped, reported and logged, and the next one is saved."""
     a = msg.arrays
+    try:
+        check_episode(a, msg.meta)
+    except MessageRejected as e:
+        chan.counters[f"invalid.{e.reason}"] += 1
+        log.error("recorder: dropped an episode: %s", e)
+        chan.send("dropped", meta={"reason": e.reason})
+        return True
     cams = [k[len("image.") :] for k in a if k.startswith("image.")]
     try:
         for t in range(len(a["state"])):

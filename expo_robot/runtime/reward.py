@@ -1,6 +1,6 @@
 """`expo-robot reward DATASET...`: train a success classifier on camera frames from operator-labelled episodes.
 
-    expo-robot reward data/labelled_demos                      # writes <run>/checkpoints/reward_classifier.pt
+    expo-robot reward data/labelled_demos                      # writes <run>/checkpoints/reward_classifier.safetensors
     expo-robot finetune cameras=realsense reward_classifier.path=<that file>
 
 The classifier then ends an episode as a success when P(success) stays above `reward_classifier.threshold` for
@@ -24,8 +24,9 @@ from expo_robot.runtime.checkpoint import load_checkpoint, save_checkpoint
 log = logging.getLogger(__name__)
 
 
-def load_classifier(path: str | Path) -> RewardClassifier:
-    state = load_checkpoint(path)
+def load_classifier(path: str | Path, trust: bool = False) -> RewardClassifier:
+    """`trust`: also an old torch.save file (trust_checkpoint=true)."""
+    state = load_checkpoint(path, trust=trust)
     if "reward_classifier" not in state:
         raise ConfigError(f"{path} is not a reward classifier (train one with `expo-robot reward DATASET`)")
     c = state["reward_classifier"]
@@ -48,7 +49,7 @@ def main(cfg: DictConfig, words: list[str]) -> int:
     model, summary = train_classifier(episodes, settings, seed=int(cfg.seed), progress=progress)
     state = {"reward_classifier": {"model": model.state_dict(), "cameras": model.cameras,
                                    "encoder": settings["encoder"], "summary": summary, "datasets": words}}  # fmt: skip
-    path = save_checkpoint(run_dir / "checkpoints" / "reward_classifier.pt", state)
+    path = save_checkpoint(run_dir / "checkpoints" / "reward_classifier.safetensors", state)
     (run_dir / "reward.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     print(f"classifier: {path}\nuse it:     expo-robot finetune reward_classifier.path={path} cameras=...")

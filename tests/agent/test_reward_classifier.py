@@ -65,7 +65,7 @@ def test_reward_command_writes_a_classifier_that_an_actor_fires_on(tmp_path):
     cfg = load_config([f"run_dir={tmp_path / 'run'}", *(f"reward_classifier.{k}={v}" for k, v in FAST.items() if k != "encoder"),
                        "reward_classifier.encoder={channels:8,layers:2,embed:8,shift:1}"])  # fmt: skip
     assert reward_main(cfg, [str(root)]) == 0
-    path = tmp_path / "run" / "checkpoints" / "reward_classifier.pt"
+    path = tmp_path / "run" / "checkpoints" / "reward_classifier.safetensors"
     model = load_classifier(path)
     bright = np.zeros(CAM, np.uint8)
     bright[3:9, 3:9] = 230

@@ -88,13 +88,13 @@ def test_episode_record_counts_this_episodes_safety_events():
 
 
 def test_checkpoint_file_resolves_a_run_folder(tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", spec=FAKE_SPEC)
+    ckpt = tiny_checkpoint(tmp_path / "run" / "checkpoints" / "latest.safetensors", spec=FAKE_SPEC)
     assert checkpoint_file(tmp_path / "run") == ckpt
     assert checkpoint_file(ckpt) == ckpt
 
 
 def test_the_stored_agent_config_is_used_unless_overridden(tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "a.pt", spec=FAKE_SPEC)
+    ckpt = tiny_checkpoint(tmp_path / "a.safetensors", spec=FAKE_SPEC)
     cfg = load_config(["agent=rlpd"])  # the operator's default agent differs from the checkpoint's
     p = load_policy(cfg, ckpt, "agent", agent_overridden=False)
     assert p.agent_cfg.name == "expo" and p.agent_cfg.profile == "demo"
@@ -103,21 +103,21 @@ def test_the_stored_agent_config_is_used_unless_overridden(tmp_path):
 
 
 def test_base_only_takes_the_base_weights_of_an_expo_checkpoint(tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "a.pt", spec=FAKE_SPEC)
+    ckpt = tiny_checkpoint(tmp_path / "a.safetensors", spec=FAKE_SPEC)
     p = load_policy(load_config([]), ckpt, "base", agent_overridden=False)
     assert p.agent_cfg.name == "bc" and set(p.state["modules"]) == {"norm", "base", "base_ema"}
     make_agent(p.agent_cfg, FAKE_SPEC, device="cpu").load_state_dict(p.state)  # loads: same base config
 
 
 def test_base_only_needs_a_base_policy(tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "r.pt", agent="rlpd", spec=FAKE_SPEC)
+    ckpt = tiny_checkpoint(tmp_path / "r.safetensors", agent="rlpd", spec=FAKE_SPEC)
     with pytest.raises(EvalError, match="has no base policy"):
         load_policy(load_config([]), ckpt, "base", agent_overridden=False)
 
 
 def test_labels_are_distinct(tmp_path):
-    a = tiny_checkpoint(tmp_path / "r1" / "checkpoints" / "latest.pt", spec=FAKE_SPEC)
-    b = tiny_checkpoint(tmp_path / "r2" / "checkpoints" / "latest.pt", spec=FAKE_SPEC)
+    a = tiny_checkpoint(tmp_path / "r1" / "checkpoints" / "latest.safetensors", spec=FAKE_SPEC)
+    b = tiny_checkpoint(tmp_path / "r2" / "checkpoints" / "latest.safetensors", spec=FAKE_SPEC)
     cfg = load_config([])
     ps = [load_policy(cfg, a, "agent", False), load_policy(cfg, b, "agent", False)]
     _labels(ps)
@@ -130,11 +130,11 @@ def test_labels_are_distinct(tmp_path):
 # ---- the command, end to end ----
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory) -> Path:
-    """A fine-tune-like run folder: checkpoints/pretrained.pt (the BC start) and latest.pt, for the sim Panda."""
+    """A fine-tune-like run folder: checkpoints/pretrained.safetensors (the BC start) and latest.safetensors, for the sim Panda."""
     root = tmp_path_factory.mktemp("finetune")
     spec = panda_spec(load_config(["profile=demo"]), 4)
-    tiny_checkpoint(root / "checkpoints" / "pretrained.pt", seed=0, spec=spec)
-    tiny_checkpoint(root / "checkpoints" / "latest.pt", seed=1, spec=spec)
+    tiny_checkpoint(root / "checkpoints" / "pretrained.safetensors", seed=0, spec=spec)
+    tiny_checkpoint(root / "checkpoints" / "latest.safetensors", seed=1, spec=spec)
     return root
 
 
@@ -160,7 +160,7 @@ def test_eval_compares_finetuned_with_the_bc_start_on_the_same_scenes(run_folder
     out = run_eval(
         tmp_path / "eval",
         f"eval.policy={run_folder}",
-        f"eval.compare={run_folder / 'checkpoints' / 'pretrained.pt'}",
+        f"eval.compare={run_folder / 'checkpoints' / 'pretrained.safetensors'}",
         "eval.compare_act=base",  # the BC start is its base policy alone
         "eval.episodes=2",
         "task.max_episode_steps=8",
@@ -170,7 +170,9 @@ def test_eval_compares_finetuned_with_the_bc_start_on_the_same_scenes(run_folder
     a, b = doc["result"], doc["compare"]
     assert (a["label"], b["label"]) == ("latest [expo]", "pretrained [base]")
     assert (a["policy"], b["policy"]) == ("expo", "base")
-    assert a["checkpoint"].endswith("latest.pt") and b["checkpoint"].endswith("pretrained.pt")
+    assert a["checkpoint"].endswith("latest.safetensors") and b["checkpoint"].endswith(
+        "pretrained.safetensors"
+    )
     for s in (a, b):
         assert s["success"]["n"] == 2 and s["stops"] == {"timeout": 2}
         assert s["episode_length"]["max"] == 8

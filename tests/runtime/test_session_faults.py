@@ -29,7 +29,9 @@ def test_learner_killed_and_restarted_loses_no_transition(processes, tmp_path):
     learner = processes.start("learner", run, *budget)
     actor = processes.start("actor", run, *robot, *budget, "actor_id=a0")
     processes.wait_for(lambda: len(actor_episodes(run)) >= 2, 240, "two episodes reaching the learner")
-    processes.wait_for(lambda: (run / "checkpoints" / "latest.pt").exists(), 60, "a learner checkpoint")
+    processes.wait_for(
+        lambda: (run / "checkpoints" / "latest.safetensors").exists(), 60, "a learner checkpoint"
+    )
 
     learner.send_signal(signal.SIGKILL)
     learner.wait(10)

@@ -41,7 +41,7 @@ def test_pretrain_checkpoint_starts_the_learner(tmp_path, capsys):
     assert (run / "pretrain_loss.png").stat().st_size > 10_000
     losses = [r["pretrain/loss"] for r in read_metrics(run, "learner") if "pretrain/loss" in r]
     assert len(losses) == 3 and losses[-1] < losses[0], losses  # it learns
-    ckpt = load_checkpoint(run)  # the run folder itself works too (checkpoints/latest.pt)
+    ckpt = load_checkpoint(run)  # the run folder itself works too (checkpoints/latest.safetensors)
     assert set(ckpt) == {"agent", "config"} and "pretrain" in ckpt["config"]
 
     weights, transitions = free_tcp_ports(2)
@@ -58,7 +58,7 @@ def test_pretrain_checkpoint_starts_the_learner(tmp_path, capsys):
                 f"{name} differs from the pretrained checkpoint"
             )
         assert not (
-            tmp_path / "learn" / "checkpoints" / "pretrained.pt"
+            tmp_path / "learn" / "checkpoints" / "pretrained.safetensors"
         ).exists()  # it did not pretrain again
     finally:
         learner.close()
