@@ -18,6 +18,7 @@ BENCHMARKS = {
     "learning": "expo_robot.bench.learning:run",
     "transport": "expo_robot.bench.transport:run",
     "policy": "expo_robot.bench.policy:run",
+    "render": "expo_robot.bench.render:run",
 }
 RESULTS_DIR = Path("benchmarks/results")
 
