@@ -1,8 +1,8 @@
 """Camera observations: a small conv net per camera, trained from scratch, with random-shift augmentation.
 
-No pretrained weights can be downloaded here, so the encoder learns from the task's own losses (DrQ's recipe): the
-base policy's imitation loss while pretraining, the critic's TD loss online; the edit policy and the online base
-steps see its features without a gradient. Its features are appended to the normalised state, so every network
+By default the encoder learns from the task's own losses (DrQ's recipe): the base policy's imitation loss while
+pretraining, the critic's TD loss online; the edit policy and the online base steps see its features without a
+gradient. Optionally a frozen pretrained network from a local file replaces the conv nets (nothing is downloaded). Its features are appended to the normalised state, so every network
 downstream takes one flat observation vector whatever the cameras.
 """
 
@@ -66,18 +66,70 @@ def _conv_stack(shape: Sequence[int], channels: int, layers: int) -> tuple[nn.Se
     return net, out_dim
 
 
+class BackboneError(ValueError):
+    """The configured pretrained backbone file cannot be used; the message says what to do."""
+
+
+class FrozenBackbone(nn.Module):
+    """A pretrained image network from a LOCAL TorchScript file (`agent.encoder.backbone`), never trained.
+
+    It takes float RGB [B, 3, H, W] in [0, 1] (any normalisation it needs belongs inside the file) and returns
+    features [B, ...]. Its weights are not part of the agent's state (checkpoints, acting weights): every process
+    loads them from the file, so the file must be at the same path where the learner and the actors run.
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except (OSError, RuntimeError, ValueError) as e:
+            raise BackboneError(
+                f"agent.encoder.backbone={path!r} is not a readable TorchScript file ({e}); make one with "
+                "torch.jit.script(model).save(PATH) or set agent.encoder.backbone=null"
+            ) from e
+        for weight in module.parameters():
+            weight.requires_grad_(False)
+        self._module = [module.eval()]  # a list: kept out of parameters and state_dict
+        self.path = str(path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        module = self._module[0]
+        if next(module.parameters(), x).device != x.device:
+            module.to(x.device)
+        with torch.no_grad():
+            return module(x).flatten(1)
+
+
+def _trunk(shape: Sequence[int], cfg: Mapping, backbone: FrozenBackbone | None) -> tuple[nn.Module, int]:
+    """The camera's conv stack (trained) or the shared frozen backbone, and its flat output size."""
+    if backbone is None:
+        return _conv_stack(shape, int(cfg.get("channels", 32)), int(cfg.get("layers", 3)))
+    h, w, c = (int(d) for d in shape)
+    try:
+        out_dim = int(backbone(torch.zeros(1, c, h, w)).shape[1])
+    except RuntimeError as e:
+        raise BackboneError(
+            f"agent.encoder.backbone={backbone.path!r} does not take a [1, {c}, {h}, {w}] image ({e}); "
+            "change agent.encoder.image_size or the backbone"
+        ) from e
+    return backbone, out_dim
+
+
 class ImageEncoder(nn.Module):
-    """cameras: name -> (height, width, channels) of uint8 images. Output: [B, len(cameras) * embed]."""
+    """cameras: name -> (height, width, channels) of uint8 images. Output: [B, len(cameras) * embed].
+
+    Per camera: a small conv net trained from scratch, or (`backbone: PATH`) one frozen pretrained network shared by
+    all cameras; then a trained head (linear, LayerNorm, tanh)."""
 
     def __init__(self, cameras: Mapping[str, Sequence[int]], cfg: Mapping | None = None):
         super().__init__()
         cfg = dict(cfg or {})
-        channels, layers = int(cfg.get("channels", 32)), int(cfg.get("layers", 3))
         self.embed, self.pad = int(cfg.get("embed", 64)), int(cfg.get("shift", 4))
+        backbone = FrozenBackbone(cfg["backbone"]) if cfg.get("backbone") else None
         self.names = sorted(cameras)
         self.convs, self.heads = nn.ModuleDict(), nn.ModuleDict()
         for name in self.names:
-            conv, flat = _conv_stack(cameras[name], channels, layers)
+            conv, flat = _trunk(cameras[name], cfg, backbone)
             self.convs[name] = conv
             # LayerNorm + tanh bound the features the critic sees (DrQ-v2's trunk)
             self.heads[name] = nn.Sequential(nn.Linear(flat, self.embed), nn.LayerNorm(self.embed), nn.Tanh())
