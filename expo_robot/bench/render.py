@@ -17,7 +17,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 PROFILES = {
-    "quick": {"profiles": ["quality", "fast_threaded", "fast"], "sizes": [64, 96],
+    "quick": {"profiles": ["quality", "fast_threaded", "fast", "hulls"], "sizes": [64, 96],
               "camera_sets": [["front"], ["front", "handcam_rgb"]], "ticks": 6, "quality_ticks": 3, "rounds": 3},
     "smoke": {"profiles": ["quality", "fast"], "sizes": [32], "camera_sets": [["front"]], "ticks": 2,
               "quality_ticks": 1, "rounds": 1},
