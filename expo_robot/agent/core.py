@@ -98,21 +98,22 @@ class AgentCore:
             self.norm.fit(buffer.data["obs"][: len(buffer)])
 
     def tensors(
-        self, batch: dict[str, np.ndarray], grad_role: str | None = None, next_obs: bool = True
+        self, batch: dict[str, np.ndarray], grad_role: str | None = None, only_role: str | None = None
     ) -> dict[str, torch.Tensor]:
         """A replay batch as tensors: obs and next_obs features (normalised state, then camera features of
         randomly shifted images), action (flat normalised chunk), reward, discount. `grad_role` ("base" or
         "critic"): the obs features of the encoder that role's loss trains keep their graph, so the loss trains it
-        (next_obs never does). `next_obs=False`: left out (imitation does not read it)."""
+        (next_obs never does). `only_role`: just what that role's networks read from obs (imitation: the base's
+        view; the other encoder's columns are zeros), and no next_obs."""
         t = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items() if k != "source"}
         b = t["obs"].shape[0]
         out = {
-            "obs": self.features(t, "obs", augment=True, grad_role=grad_role),
+            "obs": self.features(t, "obs", augment=True, grad_role=grad_role, only_role=only_role),
             "action": self.norm.action(t["actions"].reshape(b, -1)),
             "reward": t["reward"],
             "discount": t["discount"],
         }
-        if next_obs:
+        if only_role is None:
             out["next_obs"] = self.features(t, "next_obs", augment=True)
         return out
 
@@ -121,17 +122,27 @@ class AgentCore:
         return self.encoders.get("shared", self.encoders.get(role))
 
     def features(
-        self, t: dict[str, torch.Tensor], key: str, augment: bool, grad_role: str | None = None
+        self,
+        t: dict[str, torch.Tensor],
+        key: str,
+        augment: bool,
+        grad_role: str | None = None,
+        only_role: str | None = None,
     ) -> torch.Tensor:
         """Normalised state t[key], followed by the encoders' features of images t[f"{key}_image.<camera>"].
-        `grad_role`: the features of the encoder that role's loss trains keep their graph (the others never do)."""
+        `grad_role`: the features of the encoder that role's loss trains keep their graph (the others never do).
+        `only_role`: the encoders that role does not see are not run (zeros in their columns)."""
         obs = self.norm.obs(t[key].reshape(-1, self.spec.state_dim))
         if not self.encoders:
             return obs
         images = {name: t[f"{key}_image.{name}"] for name in self.spec.images}
         trained = self.trained_encoder(grad_role) if grad_role else None
+        seen = self.trained_encoder(only_role) if only_role else None
         feats = []
         for enc in self.encoders.values():
+            if seen is not None and enc is not seen:
+                feats.append(obs.new_zeros(len(obs), enc.out_dim))
+                continue
             with torch.set_grad_enabled(enc is trained):
                 feats.append(enc(images, augment, self.cpu_gen))
         return torch.cat([obs, *feats], dim=-1)

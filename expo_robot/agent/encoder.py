@@ -42,24 +42,26 @@ def resize_frames(frames: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """DrQ augmentation: pad each image by `pad` pixels (edge values), crop back at a random offset per sample.
 
-    x [B, C, H, W]; `generator` is a CPU generator (the offsets are drawn on the CPU, then moved).
+    x [B, C, H, W] (uint8 or float); `generator` is a CPU generator (the offsets are drawn on the CPU). One slice
+    per image: ~6x faster on a CPU than gathering every pixel through broadcast index tensors.
     """
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dev = x.device
-    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(dev)
-    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # [n, 1, h, 1]
-    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # [n, 1, 1, w]
-    batch = torch.arange(n, device=dev)[:, None, None, None]
-    chans = torch.arange(c, device=dev)[None, :, None, None]
-    return padded[batch, chans, rows, cols]
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).tolist()
+    return torch.stack([padded[i, :, y : y + h, x0 : x0 + w] for i, (y, x0) in enumerate(zip(dy, dx))])
 
 
-def _conv_stack(shape: Sequence[int], channels: int, layers: int) -> tuple[nn.Sequential, int]:
+def _conv_stack(
+    shape: Sequence[int], channels: int, layers: int, strided: int = 1
+) -> tuple[nn.Sequential, int]:
+    """`strided` first layers have stride 2, the others 1 (most of the cost is on the full-size image)."""
     h, w, c = (int(d) for d in shape)
     convs: list[nn.Module] = []
-    for i in range(layers):  # stride 2 first (most of the cost is on the full-size image), then stride 1
-        convs += [nn.Conv2d(c if i == 0 else channels, channels, 3, stride=2 if i == 0 else 1), nn.ReLU()]
+    for i in range(layers):
+        convs += [
+            nn.Conv2d(c if i == 0 else channels, channels, 3, stride=2 if i < strided else 1),
+            nn.ReLU(),
+        ]
     net = nn.Sequential(*convs, nn.Flatten())
     with torch.no_grad():
         out_dim = int(net(torch.zeros(1, c, h, w)).shape[1])
@@ -103,7 +105,9 @@ class FrozenBackbone(nn.Module):
 def _trunk(shape: Sequence[int], cfg: Mapping, backbone: FrozenBackbone | None) -> tuple[nn.Module, int]:
     """The camera's conv stack (trained) or the shared frozen backbone, and its flat output size."""
     if backbone is None:
-        return _conv_stack(shape, int(cfg.get("channels", 32)), int(cfg.get("layers", 3)))
+        return _conv_stack(
+            shape, int(cfg.get("channels", 32)), int(cfg.get("layers", 3)), int(cfg.get("strided_layers", 1))
+        )
     h, w, c = (int(d) for d in shape)
     try:
         out_dim = int(backbone(torch.zeros(1, c, h, w)).shape[1])
@@ -144,8 +148,11 @@ class ImageEncoder(nn.Module):
         """images: name -> uint8 [B, H, W, C] (as cameras deliver them)."""
         feats = []
         for name in self.names:
-            x = images[name].permute(0, 3, 1, 2).float().div_(255.0)
+            x = images[name].permute(0, 3, 1, 2)
             if augment and self.pad > 0:
-                x = random_shift(x, self.pad, generator)
+                x = random_shift(
+                    x, self.pad, generator
+                )  # on the uint8 frames: a quarter of the bytes to move
+            x = x.float().div_(255.0)
             feats.append(self.heads[name](self.convs[name](x)))
         return torch.cat(feats, dim=-1)

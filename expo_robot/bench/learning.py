@@ -44,10 +44,11 @@ PROFILES = {
         "pretrain_steps": 3000, "seed_episodes": 50,
     },
     # From cameras (run with cameras=sim_pair: front + wrist): EXPO against BC, 1 seed, frames at 64x64, the 50
-    # seed episodes' frames rendered once and cached (data/seed). The CPU profile's encoder.
+    # seed episodes' frames rendered once and cached (data/seed). The CPU profile's encoder. Sized to finish in about
+    # an hour on the shared 2-core CPU; raise env_steps / pretrain_steps where there is more.
     "images": {
-        "algorithms": ["expo", "bc"], "seeds": [0], "env_steps": 2000, "eval_every": 1000, "eval_episodes": 10,
-        "final_episodes": 50, "pretrain_steps": 3000, "seed_episodes": 50, "image_size": [64, 64],
+        "algorithms": ["expo", "bc"], "seeds": [0], "env_steps": 1000, "eval_every": 500, "eval_episodes": 10,
+        "final_episodes": 50, "pretrain_steps": 1000, "seed_episodes": 50, "image_size": [64, 64],
         "needs_cameras": True,
     },
     # seconds, for tests of this module

@@ -144,6 +144,11 @@ def test_critic_minibatches_encode_untrained_steps_in_one_pass_with_the_same_fea
     steps[-1]["obs"].sum().backward()
     assert all(p.grad is not None for p in agent.encoders["critic"].parameters())
     assert all(p.grad is None for p in agent.encoders["base"].parameters())  # no graph through the other one
+    imitation = agent.tensors(batches[0], grad_role="base", only_role="base")  # what pretraining reads
+    assert "next_obs" not in imitation
+    critic_cols = agent.views["critic"][3:]  # after the 3 state columns: the critic encoder's, not run
+    assert not imitation["obs"][:, critic_cols].any()
+    torch.testing.assert_close(agent.view(imitation["obs"], "base"), agent.view(steps[0]["obs"], "base"))
 
     agent = make_agent(cfg, SPEC, device="cpu", seed=0)
     critic_enc = agent.encoders["critic"]
