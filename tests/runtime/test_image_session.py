@@ -60,5 +60,6 @@ def test_image_finetune_session_end_to_end(processes, tmp_path):
     recorded = load_episodes(run / "episodes" / "actor-0")
     assert len(recorded) == actor["episodes"]
     assert all(ep.images["front"].shape == (len(ep), 24, 24, 3) for ep in recorded)
-    report = (run / "report.md").read_text()  # the driver's render time per frame (robot.render profile: fast)
+    # the driver's render time per frame (robot.render profile: fast)
+    report = (run / "report.md").read_text()
     assert "| simulated camera render per frame |" in report and " ms mean, " in report
