@@ -264,11 +264,15 @@ def latency_figures(cfg: DictConfig, steps: int, figures: dict, summary: dict) -
 
 def camera_latency_figures(cfg: DictConfig, steps: int, figures: dict, summary: dict) -> None:
     """Policy-step latency with two 96x96 cameras (the observation's frames decoded and encoded by the agent), CPU
-    idle and with a learner training from the same cameras in another process."""
+    idle and with a learner training from the same cameras in another process; the same step without cameras,
+    idle, in the same run as the baseline (this machine's speed changes from hour to hour)."""
     scheduling_applied = scheduling.apply(cfg.runtime, "actor")
     torch.set_num_threads(1)
+    state_agent, state_spec = _agent(cfg, "cpu")
     agent, spec = _agent(cfg, "cpu", TWO_CAMERAS)
     freeze_heap()
+    figures["no_camera_cpu_idle"] = latency_summary(time_policy_steps(state_agent, state_spec, steps))
+    print("policy step without cameras, CPU idle:", json.dumps(figures["no_camera_cpu_idle"]))
     figures |= {"chunk": spec.chunk, "cameras": {k: list(v) for k, v in TWO_CAMERAS.items()},
                 "encoder": OmegaConf.to_container(cfg.agent.get("encoder"), resolve=True),
                 "scheduling": {"actor": scheduling_applied}}  # fmt: skip
@@ -283,4 +287,7 @@ def camera_latency_figures(cfg: DictConfig, steps: int, figures: dict, summary: 
         "policy_step_p99_ms_two_cameras_idle": figures["two_cameras_96_cpu_idle"]["p99_ms"],
         "policy_step_p99_ms_two_cameras_learner_training": figures["two_cameras_96_cpu_loaded"]["p99_ms"],
         "policy_step_p50_ms_two_cameras_learner_training": figures["two_cameras_96_cpu_loaded"]["p50_ms"],
+        "policy_step_p99_ms_no_camera_idle": figures["no_camera_cpu_idle"]["p99_ms"],
+        "p50_ratio_two_cameras_idle_vs_no_camera": figures["two_cameras_96_cpu_idle"]["p50_ms"]
+        / figures["no_camera_cpu_idle"]["p50_ms"],
     }
