@@ -81,6 +81,10 @@ class Camera(ABC):
     @abstractmethod
     def disconnect(self) -> None: ...
 
+    def timing(self) -> dict[str, float]:
+        """Figures about producing frames that the driver publishes with its loop's (a render's time); none here."""
+        return {}
+
     def __enter__(self) -> Camera:
         self.connect()
         return self
@@ -92,7 +96,8 @@ class Camera(ABC):
 class SimCamera(Camera):
     """A MuJoCo camera of the simulated robot the driver runs (configs/cameras/sim.yaml), rendered on read.
 
-    Rendering is synchronous (it is the simulator): the frame shows exactly the state it is published with.
+    Rendering is synchronous (it is the simulator): the frame shows exactly the state it is published with. How the
+    scene is drawn (shadows, multisampling, ...) is the robot's render profile (configs/robot/sim_*.yaml `render`).
     """
 
     synchronous = True
@@ -141,6 +146,10 @@ class SimCamera(Camera):
             raise CameraError(f"camera {self.name}: rendering failed: {e}") from e
         sim_ms = 1e3 * self._task.sim_time()
         return Frame(color, None, None, sim_ms, "sim_time", next(self._frames), time.monotonic(), self.serial)
+
+    def timing(self) -> dict[str, float]:
+        """render_frames, render_ms (mean) and max_render_ms of the simulator's renders since it started."""
+        return self._task.render_times.summary() if self._task is not None else {}
 
     def disconnect(self) -> None:
         self._task = None
@@ -196,6 +205,10 @@ class CameraRig:
     def disconnect(self) -> None:
         for cam in self.cameras.values():
             cam.disconnect()
+
+    def timing(self) -> dict[str, float]:
+        """Every camera's timing figures in one dict (simulated cameras share their renderer's)."""
+        return {k: v for cam in self.cameras.values() for k, v in cam.timing().items()}
 
     def __enter__(self) -> CameraRig:
         self.connect()

@@ -516,7 +516,12 @@ class Driver:
             "fresh": fresh,
             "intervention": False,  # a teleop takeover; safety changes are in safety.reasons
             "safety": safety,
-            "loop": {"mode": self.mode, "fifo_priority": self.fifo_priority, **self.loop.summary()},
+            "loop": {
+                "mode": self.mode,
+                "fifo_priority": self.fifo_priority,
+                **self.loop.summary(),
+                **self.rig.timing(),
+            },
             "counters": {**self.counters, **{f"inbox.{k}": v for k, v in self.inbox.stats().items()}},
             **self.last_result,
         }

@@ -6,9 +6,11 @@ observation layout (agent_pos followed by environment_state, float32) is the sam
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,100 @@ def _flatten(obs: Any) -> np.ndarray:
     return np.asarray(obs, dtype=np.float32).ravel()
 
 
+@dataclass(frozen=True)
+class RenderProfile:
+    """How simulated cameras draw the scene: configs/robot/<sim robot>.yaml `render.profiles.<name>`.
+
+    None keeps what the model's XML (or MuJoCo) says. The frame's size is the camera's (configs/cameras).
+    Defaults: the model's own look (gym-hil: 4096-pixel shadow maps, reflections, skybox, 8x multisampling).
+    """
+
+    name: str = "model"
+    shadows: bool = True
+    reflections: bool = True
+    skybox: bool = True
+    offscreen_samples: int | None = (
+        None  # multisampling of the offscreen buffer (model.vis.quality.offsamples)
+    )
+    shadow_size: int | None = None  # shadow map side in pixels (model.vis.quality.shadowsize)
+    geom_groups: tuple[int, ...] | None = (
+        None  # geom groups drawn (MuJoCo: 0, 1, 2; gym-hil meshes: 2 visual)
+    )
+    gl_threads: int | None = None  # software GL's render threads (LP_NUM_THREADS; 0: in the calling thread)
+
+    @classmethod
+    def from_config(cls, render_cfg: Any) -> RenderProfile:
+        """`render: {profile: NAME, profiles: {NAME: {...}}}`; no `render` section: the model's own look."""
+        if not render_cfg:
+            return cls()
+        profiles = dict(render_cfg.get("profiles") or {})
+        name = str(render_cfg.get("profile", "fast"))
+        if name not in profiles:
+            raise SimUnavailableError(
+                f"robot.render.profile={name!r} is not defined; choose one of {sorted(profiles)} "
+                "(robot.render.profiles in configs/robot/)"
+            )
+        values = dict(profiles[name] or {})
+        unknown = set(values) - {f for f in cls.__dataclass_fields__ if f != "name"}
+        if unknown:
+            raise SimUnavailableError(
+                f"robot.render.profiles.{name} has unknown keys {sorted(unknown)}; valid: "
+                f"{sorted(f for f in cls.__dataclass_fields__ if f != 'name')}"
+            )
+        if values.get("geom_groups") is not None:
+            values["geom_groups"] = tuple(int(g) for g in values["geom_groups"])
+        return cls(name=name, **values)
+
+    def settings(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "name"}
+
+    def renderer(self, model: Any, height: int, width: int) -> Any:
+        """A mujoco.Renderer with this profile's buffer settings (read when its GL context is made)."""
+        import mujoco
+
+        quality, vis = model.vis.quality, model.vis.global_
+        if self.offscreen_samples is not None:
+            quality.offsamples = int(self.offscreen_samples)
+        if self.shadow_size is not None:
+            quality.shadowsize = int(self.shadow_size)
+        # the offscreen buffer is sized in the model's XML (gym-hil: 128x128); grow it instead of refusing
+        vis.offwidth, vis.offheight = max(vis.offwidth, width), max(vis.offheight, height)
+        renderer = mujoco.Renderer(model, height, width)
+        flags = mujoco.mjtRndFlag  # kept by the scene across update_scene calls
+        renderer.scene.flags[flags.mjRND_SHADOW] = self.shadows
+        renderer.scene.flags[flags.mjRND_REFLECTION] = self.reflections
+        renderer.scene.flags[flags.mjRND_SKYBOX] = self.skybox
+        return renderer
+
+    def scene_option(self) -> Any:
+        """The visualisation options (None: MuJoCo's defaults)."""
+        if self.geom_groups is None:
+            return None
+        import mujoco
+
+        option = mujoco.MjvOption()
+        option.geomgroup[:] = [int(g in self.geom_groups) for g in range(len(option.geomgroup))]
+        return option
+
+
+class RenderTimes:
+    """Wall time of each rendered frame since the task was built: count, mean and max (the driver publishes them)."""
+
+    def __init__(self) -> None:
+        self.frames, self.total_s, self.max_s = 0, 0.0, 0.0
+
+    def add(self, seconds: float) -> None:
+        self.frames, self.total_s, self.max_s = (
+            self.frames + 1,
+            self.total_s + seconds,
+            max(self.max_s, seconds),
+        )
+
+    def summary(self) -> dict[str, float]:
+        mean = self.total_s / self.frames if self.frames else 0.0
+        return {"render_frames": self.frames, "render_ms": 1e3 * mean, "max_render_ms": 1e3 * self.max_s}
+
+
 @dataclass
 class StepResult:
     state: np.ndarray
@@ -50,8 +146,19 @@ class StepResult:
 class SimTask:
     """A gymnasium env with flat float32 state, a success flag and the end-effector position when known."""
 
-    def __init__(self, env_id: str, env_kwargs: dict | None = None, max_episode_steps: int | None = None):
+    def __init__(
+        self,
+        env_id: str,
+        env_kwargs: dict | None = None,
+        max_episode_steps: int | None = None,
+        render: RenderProfile | None = None,
+    ):
         os.environ.setdefault("MUJOCO_GL", "egl")  # gym-hil builds a renderer even for state observations
+        self.render_profile = render or RenderProfile()
+        if (
+            self.render_profile.gl_threads is not None
+        ):  # read once, when the process makes its first GL context
+            os.environ.setdefault("LP_NUM_THREADS", str(self.render_profile.gl_threads))
         import gymnasium as gym
 
         for prefix, package in _REGISTERING_PACKAGES.items():
@@ -72,6 +179,7 @@ class SimTask:
         self._renderers: dict[
             tuple[int, int], Any
         ] = {}  # (height, width) -> mujoco.Renderer, built on first use
+        self.render_times = RenderTimes()
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         if seed is not None:
@@ -103,24 +211,33 @@ class SimTask:
     def render(self, camera: str | None, height: int, width: int) -> np.ndarray:
         """The current scene seen from a MuJoCo camera (None: the default free camera), uint8 [H, W, 3] RGB.
 
-        Synchronous (software EGL: ~0.5 s a frame on this machine whatever the size). The renderer's GL context
-        belongs to the thread that builds it, so render from one thread (the driver loop).
+        Synchronous, drawn as `render_profile` says (software EGL here: see benchmarks/results/render.json), and
+        timed into `render_times`. The renderer's GL context belongs to the thread that builds it, so render from
+        one thread (the driver loop).
         """
-        import mujoco
-
         model, data = self._mujoco()
         if camera is not None and camera not in self.camera_names():
             raise SimUnavailableError(
                 f"'{self.env_id}' has no camera {camera!r}; its cameras: {self.camera_names()} (null: free camera)"
             )
         renderer = self._renderers.get((height, width))
-        if renderer is None:
-            # the offscreen buffer is sized in the model's XML (gym-hil: 128x128); grow it instead of refusing
-            vis = model.vis.global_
-            vis.offwidth, vis.offheight = max(vis.offwidth, width), max(vis.offheight, height)
-            renderer = self._renderers[(height, width)] = mujoco.Renderer(model, height, width)
-        renderer.update_scene(data, camera=-1 if camera is None else camera)
-        return renderer.render().copy()  # the renderer reuses its buffer
+        if renderer is None:  # built once per size (not timed: a start-up cost)
+            renderer = self._renderers[(height, width)] = self.render_profile.renderer(model, height, width)
+        t0 = time.perf_counter()
+        renderer.update_scene(data, camera=-1 if camera is None else camera, scene_option=self._scene_option)
+        frame = renderer.render().copy()  # the renderer reuses its buffer
+        self.render_times.add(time.perf_counter() - t0)
+        return frame
+
+    @functools.cached_property
+    def _scene_option(self) -> Any:
+        return self.render_profile.scene_option()
+
+    def use_render_profile(self, profile: RenderProfile) -> None:
+        """Draw the next frames with `profile` (the renderers are rebuilt; `gl_threads` is fixed per process)."""
+        self._close_renderers()
+        self.render_profile = profile
+        self.__dict__.pop("_scene_option", None)
 
     def sim_time(self) -> float:
         """Simulated seconds since the episode started (MuJoCo's data.time)."""
@@ -134,14 +251,17 @@ class SimTask:
         return model, data
 
     def close(self) -> None:
-        for renderer in self._renderers.values():
-            renderer.close()  # before the env: freeing a GL context at interpreter exit fails noisily
-        self._renderers.clear()
+        self._close_renderers()  # before the env: freeing a GL context at interpreter exit fails noisily
         self.env.close()
+
+    def _close_renderers(self) -> None:
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers.clear()
 
 
 def make_sim_task(robot_cfg: Any, task_cfg: Any | None = None) -> SimTask:
     """Build the simulated task named by a robot config (configs/robot/*.yaml, type: sim)."""
     kwargs = dict(robot_cfg.get("env_kwargs") or {})
     max_steps = task_cfg.get("max_episode_steps") if task_cfg is not None else None
-    return SimTask(robot_cfg.env_id, kwargs, max_steps)
+    return SimTask(robot_cfg.env_id, kwargs, max_steps, RenderProfile.from_config(robot_cfg.get("render")))

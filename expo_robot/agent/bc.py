@@ -60,7 +60,8 @@ class BCAgent(AgentCore):
             for group in self.base_opt.param_groups:
                 group["lr"] = lr
             batch = offline_buffer.sample(pt["batch_size"], self.rng)
-            metrics = self.imitation_step(self.tensors(batch, encode_grad=True), pt["ema_rate"])
+            t = self.tensors(batch, grad_role="base", only_role="base")  # imitation trains the base's encoder
+            metrics = self.imitation_step(t, pt["ema_rate"])
             self.counters["pretrain_steps"] += 1
             if progress is not None and (i + 1) % 100 == 0:
                 progress(i + 1, metrics)

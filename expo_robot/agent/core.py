@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -107,29 +108,71 @@ class AgentCore:
         if not bool(self.norm.fitted) and buffer is not None and len(buffer) > 0:
             self.norm.fit(buffer.data["obs"][: len(buffer)])
 
-    def tensors(self, batch: dict[str, np.ndarray], encode_grad: bool = False) -> dict[str, torch.Tensor]:
+    def tensors(
+        self, batch: dict[str, np.ndarray], grad_role: str | None = None, only_role: str | None = None
+    ) -> dict[str, torch.Tensor]:
         """A replay batch as tensors: obs and next_obs features (normalised state, then camera features of
-        randomly shifted images), action (flat normalised chunk), reward, discount. `encode_grad`: obs features
-        keep their graph, so a loss on them trains the image encoder (next_obs never does)."""
+        randomly shifted images), action (flat normalised chunk), reward, discount. `grad_role` ("base" or
+        "critic"): the obs features of the encoder that role's loss trains keep their graph, so the loss trains it
+        (next_obs never does). `only_role`: just what that role's networks read from obs (imitation: the base's
+        view; the other encoder's columns are zeros), and no next_obs."""
         t = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items() if k != "source"}
         b = t["obs"].shape[0]
-        return {
-            "obs": self.features(t, "obs", augment=True, grad=encode_grad),
+        out = {
+            "obs": self.features(t, "obs", augment=True, grad_role=grad_role, only_role=only_role),
             "action": self.norm.action(t["actions"].reshape(b, -1)),
             "reward": t["reward"],
-            "next_obs": self.features(t, "next_obs", augment=True, grad=False),
             "discount": t["discount"],
         }
+        if only_role is None:
+            out["next_obs"] = self.features(t, "next_obs", augment=True)
+        return out
 
-    def features(self, t: dict[str, torch.Tensor], key: str, augment: bool, grad: bool) -> torch.Tensor:
-        """Normalised state t[key], followed by the encoder's features of images t[f"{key}_image.<camera>"]."""
+    def trained_encoder(self, role: str) -> ImageEncoder | None:
+        """The encoder a loss of the `role` networks trains: the shared one, or the role's own."""
+        return self.encoders.get("shared", self.encoders.get(role))
+
+    def features(
+        self,
+        t: dict[str, torch.Tensor],
+        key: str,
+        augment: bool,
+        grad_role: str | None = None,
+        only_role: str | None = None,
+    ) -> torch.Tensor:
+        """Normalised state t[key], followed by the encoders' features of images t[f"{key}_image.<camera>"].
+        `grad_role`: the features of the encoder that role's loss trains keep their graph (the others never do).
+        `only_role`: the encoders that role does not see are not run (zeros in their columns)."""
         obs = self.norm.obs(t[key].reshape(-1, self.spec.state_dim))
         if not self.encoders:
             return obs
         images = {name: t[f"{key}_image.{name}"] for name in self.spec.images}
-        with torch.set_grad_enabled(grad):
-            feats = [enc(images, augment, self.cpu_gen) for enc in self.encoders.values()]
-            return torch.cat([obs, *feats], dim=-1)
+        trained = self.trained_encoder(grad_role) if grad_role else None
+        seen = self.trained_encoder(only_role) if only_role else None
+        feats = []
+        for enc in self.encoders.values():
+            if seen is not None and enc is not seen:
+                feats.append(obs.new_zeros(len(obs), enc.out_dim))
+                continue
+            with torch.set_grad_enabled(enc is trained):
+                feats.append(enc(images, augment, self.cpu_gen))
+        return torch.cat([obs, *feats], dim=-1)
+
+    def critic_minibatches(self, batches: list[dict], trained_steps: int | None) -> Iterator[dict]:
+        """Tensors of each of one update's critic minibatches, every camera frame encoded once.
+
+        The last `trained_steps` minibatches (None: all) train the critic's image encoder: each is encoded when its
+        step comes, after the previous steps changed that encoder. The others are encoded together, in one pass
+        without a graph, before the first step: no encoder changes before the first trained step, so their
+        features are the ones a step-by-step loop would compute."""
+        n = len(batches)
+        trained = n if trained_steps is None or not self.encoders else min(n, int(trained_steps))
+        frozen = n - trained
+        if frozen:
+            t = self.tensors(_concat(batches[:frozen]))
+            yield from _split(t, [len(b["obs"]) for b in batches[:frozen]])
+        for batch in batches[frozen:]:
+            yield self.tensors(batch, grad_role="critic")
 
     def obs_tensor(self, state: np.ndarray, images: dict[str, np.ndarray] | None = None) -> torch.Tensor:
         # copies: observations are read-only views on received messages, which torch must not alias
@@ -142,13 +185,13 @@ class AgentCore:
             for name, img in images.items():
                 img = torch.from_numpy(np.array(img, np.uint8)).to(self.device)
                 t[f"obs_image.{name}"] = img.reshape(-1, *self.spec.images[name])
-        return self.features(t, "obs", augment=False, grad=False)
+        return self.features(t, "obs", augment=False)
 
     def encoder_params(self, role: str) -> list[nn.Parameter]:
         """Parameters of the encoder the `role` networks' loss trains (none without cameras): the shared one
         (imitation in pretraining, the TD loss online) or the role's own."""
-        enc = self.encoders.get("shared", self.encoders.get(role))
-        return list(enc.parameters()) if enc is not None else []
+        enc = self.trained_encoder(role)
+        return [p for p in enc.parameters() if p.requires_grad] if enc is not None else []
 
     def to_env(self, action: torch.Tensor) -> np.ndarray:
         """Normalised flat chunks [B, D] -> env units [B, H, A], clipped to the action bounds."""
@@ -228,3 +271,13 @@ class AgentCore:
         self.gen.set_state(d["rng"]["torch"])
         self.cpu_gen.set_state(d["rng"]["cpu"])
         self.rng.bit_generator.state = d["rng"]["numpy"]
+
+
+def _concat(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def _split(t: dict[str, torch.Tensor], sizes: list[int]) -> Iterator[dict[str, torch.Tensor]]:
+    parts = {k: v.split(sizes) for k, v in t.items()}
+    for i in range(len(sizes)):
+        yield {k: v[i] for k, v in parts.items()}

@@ -226,11 +226,11 @@ class ExpoAgent(BCAgent):
         }
         n = self.cfg["batch_size"]
         metrics: dict[str, float] = {}
-        for _ in range(self.cfg["utd"]):
-            batch = self._symmetric(offline_buffer, online_buffer, n)
-            t = self.tensors(
-                batch, encode_grad=bool(self.encoders)
-            )  # the TD loss trains the critic's encoder
+        batches = [self._symmetric(offline_buffer, online_buffer, n) for _ in range(self.cfg["utd"])]
+        trained = (self.cfg.get("encoder") or {}).get(
+            "trained_steps"
+        )  # the TD loss trains the critic's encoder
+        for batch, t in zip(batches, self.critic_minibatches(batches, trained)):
             metrics = self.critic_step(t, batch)
         t["obs"] = t["obs"].detach()  # the base and edit steps see the camera features, never train them
         metrics |= self.imitation_step(t, self.cfg["base"]["ema_rate"])

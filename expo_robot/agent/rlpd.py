@@ -91,11 +91,12 @@ class RLPDAgent(AgentCore):
             offline_buffer if offline_buffer is not None and len(offline_buffer) else online_buffer
         )
         metrics: dict[str, float] = {}
-        for _ in range(self.cfg["utd"]):
-            t = self.tensors(
-                sample_symmetric(offline_buffer, online_buffer, self.cfg["batch_size"], self.rng),
-                encode_grad=bool(self.encoders),  # the TD loss trains the encoder
-            )
+        n = self.cfg["batch_size"]
+        batches = [
+            sample_symmetric(offline_buffer, online_buffer, n, self.rng) for _ in range(self.cfg["utd"])
+        ]
+        trained = (self.cfg.get("encoder") or {}).get("trained_steps")  # the TD loss trains the encoder
+        for t in self.critic_minibatches(batches, trained):
             metrics = self.critic_step(t)
         t["obs"] = t["obs"].detach()  # the actor sees the camera features, never trains them
         metrics |= self.actor_step(t)

@@ -19,6 +19,7 @@ BENCHMARKS = {
     "transport": "expo_robot.bench.transport:run",
     "policy": "expo_robot.bench.policy:run",
     "learner": "expo_robot.bench.learner:run",
+    "render": "expo_robot.bench.render:run",
 }
 RESULTS_DIR = Path("benchmarks/results")
 

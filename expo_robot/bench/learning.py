@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from drivers.sim_env import make_sim_task
+from drivers.cameras import configured_shapes
+from drivers.sim_env import RenderProfile, make_sim_task
 from expo_robot.agent import AgentSpec, agent_params, make_agent
+from expo_robot.agent.encoder import agent_image_shapes, resize_frames
 from expo_robot.agent.proposal_cache import ProposalCache
 from expo_robot.config import load_config, setup_logging
 from expo_robot.data.chunking import chunk_transitions
@@ -40,6 +42,14 @@ PROFILES = {
         "algorithms": ["expo", "rlpd", "bc", "best_of_n", "expo_no_otf_backup", "expo_amortised_backup"],
         "seeds": [0, 1, 2], "env_steps": 4000, "eval_every": 1000, "eval_episodes": 10, "final_episodes": 50,
         "pretrain_steps": 3000, "seed_episodes": 50,
+    },
+    # From cameras (run with cameras=sim_pair: front + wrist): EXPO against BC, 1 seed, frames at 64x64, the 50
+    # seed episodes' frames rendered once and cached (data/seed). The CPU profile's encoder. Sized to finish in about
+    # an hour on the shared 2-core CPU; raise env_steps / pretrain_steps where there is more.
+    "images": {
+        "algorithms": ["expo", "bc"], "seeds": [0], "env_steps": 1000, "eval_every": 500, "eval_episodes": 10,
+        "final_episodes": 50, "pretrain_steps": 1000, "seed_episodes": 50, "image_size": [64, 64],
+        "needs_cameras": True,
     },
     # seconds, for tests of this module
     "smoke": {
@@ -80,33 +90,61 @@ def bench_settings(cfg: DictConfig, words: list[str]) -> dict:
     return settings
 
 
-def agent_config(name: str, profile: str) -> dict:
+def agent_config(name: str, profile: str, settings: dict | None = None) -> dict:
     base_name, overrides = VARIANTS.get(name, (name, {}))
     agent_cfg = load_config([f"agent={base_name}", f"profile={profile}"]).agent
     params = agent_params(agent_cfg, profile)
+    if (settings or {}).get("image_size"):  # the benchmark's frame size for the agent
+        overrides = OmegaConf.merge(overrides, {"encoder": {"image_size": list(settings["image_size"])}})
     return OmegaConf.to_container(OmegaConf.merge(params, overrides), resolve=True)
 
 
-def load_offline(cfg: DictConfig, settings: dict, chunk: int, gamma: float, state_dim: int, action_dim: int):
-    """Seed episodes (scripted noisy operator, cached LeRobotDataset) as chunk transitions, every start (stride 1)."""
+def load_offline(cfg: DictConfig, settings: dict, spec: AgentSpec, gamma: float):
+    """Seed episodes (scripted noisy operator, cached LeRobotDataset) as chunk transitions, every start (stride 1),
+    with the configured cameras' frames (resized to the agent's) when there are cameras."""
     from expo_robot.data.seed import ensure_seed_dataset
     from expo_robot.runtime.offline import load_offline_transitions
 
     root = settings.get("seed_root", "data/seed")
-    path = ensure_seed_dataset(cfg.robot, cfg.task, settings["seed_episodes"], None, seed=0, root=root)
-    batch, summary = load_offline_transitions([path], chunk, gamma)
-    buf = ReplayBuffer(len(batch["obs"]), state_dim, chunk, action_dim)
+    cameras = list((cfg.get("cameras") or {}).get("list") or [])
+    path = ensure_seed_dataset(
+        cfg.robot, cfg.task, settings["seed_episodes"], None, seed=0, root=root, cameras=cameras
+    )
+    shapes = configured_shapes(cfg.get("cameras")) or None
+    batch, summary = load_offline_transitions([path], spec.chunk, gamma, shapes, dict(spec.images) or None)
+    buf = ReplayBuffer(
+        len(batch["obs"]), spec.state_dim, spec.chunk, spec.action_dim, images=dict(spec.images)
+    )
     buf.add_batch(batch)
     info = {"path": str(path), "episodes": summary["episodes"], "success_rate": summary["success_rate"]}
     return buf, info
 
 
-def evaluate(agent, task, episodes: int, max_steps: int) -> float:
+class Cameras:
+    """The configured simulated cameras, rendered at each decision and resized to the agent's frame size."""
+
+    def __init__(self, cameras_cfg, agent_shapes: dict):
+        self.list = list((cameras_cfg or {}).get("list") or [])
+        self.shapes = agent_shapes
+
+    def frames(self, task) -> dict[str, np.ndarray] | None:
+        if not self.list:
+            return None
+        return {
+            c["name"]: resize_frames(
+                task.render(c.get("camera"), int(c["height"]), int(c["width"])), self.shapes[c["name"]]
+            )
+            for c in self.list
+        }
+
+
+def evaluate(agent, task, episodes: int, max_steps: int, cameras: Cameras | None = None) -> float:
     successes = 0
     for i in range(episodes):
         state, t, success, done = task.reset(EVAL_SEED + i), 0, False, False
         while not done:
-            for action in agent.act(state, "eval"):
+            images = cameras.frames(task) if cameras else None
+            for action in agent.act(state, "eval", images):
                 r = task.step(action)
                 state, t, success = r.state, t + 1, r.success
                 done = r.terminated or r.truncated or t >= max_steps
@@ -119,11 +157,20 @@ def evaluate(agent, task, episodes: int, max_steps: int) -> float:
 class OnlineRun:
     """Acting, storing chunk transitions and learning for one (algorithm, seed), with its own timers."""
 
-    def __init__(self, agent, params: dict, task, offline: ReplayBuffer, online: ReplayBuffer, learn: bool):
-        self.agent, self.params, self.task = agent, params, task
+    def __init__(
+        self,
+        agent,
+        params: dict,
+        task,
+        offline: ReplayBuffer,
+        online: ReplayBuffer,
+        learn: bool,
+        cameras: Cameras,
+    ):
+        self.agent, self.params, self.task, self.cameras = agent, params, task, cameras
         self.offline, self.online, self.learn = offline, online, learn
         self.env_steps = 0
-        self.timers = {"env": 0.0, "act": 0.0, "update": 0.0}
+        self.timers = {"env": 0.0, "act": 0.0, "update": 0.0, "render": 0.0}
         self.updates = 0
         self.episodes = 0
         self.last_metrics: dict = {}
@@ -131,9 +178,10 @@ class OnlineRun:
     def episode(self, seed: int, max_steps: int, stop_at: int) -> None:
         """One training episode (cut at `stop_at` env steps); one update per executed chunk."""
         state, t, done = self.task.reset(seed), 0, False
+        images = self.cameras.frames(self.task)
         while not done and self.env_steps < stop_at:
             t0 = time.perf_counter()
-            chunk = self.agent.act(state, "explore")
+            chunk = self.agent.act(state, "explore", images)
             self.timers["act"] += time.perf_counter() - t0
             states, actions, rewards, terminated = [state], [], [], False
             t0 = time.perf_counter()
@@ -147,12 +195,18 @@ class OnlineRun:
                 done = r.terminated or r.truncated or t >= max_steps
                 if done or self.env_steps >= stop_at:
                     break
-            self.timers["env"] += time.perf_counter() - t0
-            state = states[-1]
+            t1 = time.perf_counter()
+            self.timers["env"] += t1 - t0
+            state, first_images, images = states[-1], images, self.cameras.frames(self.task)
+            self.timers["render"] += time.perf_counter() - t1
+            # a chunk transition reads only its first and its next state's frames: the steps between are not drawn
+            chunk_images = {
+                k: np.stack([v] * len(actions) + [images[k]]) for k, v in (first_images or {}).items()
+            }
             self.online.add_batch(
                 chunk_transitions(
                     np.stack(states), np.stack(actions), np.asarray(rewards), terminated,
-                    self.agent.spec.chunk, self.params["gamma"],
+                    self.agent.spec.chunk, self.params["gamma"], images=chunk_images or None,
                 )
             )  # fmt: skip
             if self.learn:
@@ -229,28 +283,35 @@ def backup_costs(agent, params: dict, spec, device, offline, online, reps: int =
     return out
 
 
+def _base_modules(agent) -> tuple[str, ...]:
+    """What imitation pretraining trains: the normaliser, the base (+ EMA) and the image encoder the base sees."""
+    encoder = next((k for k in ("encoder", "encoder_base") if k in agent.modules), None)
+    return ("norm", "base", "base_ema", *((encoder,) if encoder else ()))
+
+
 def run_one(cfg, settings, name: str, seed: int, offline, spec, pretrained: dict) -> dict:
-    params = agent_config(name, cfg.profile)
+    params = agent_config(name, cfg.profile, settings)
     torch.manual_seed(seed)
     agent = make_agent(params, spec, device=cfg.device, seed=seed, profile=params["profile"])
     learn = name != "bc"
     t0 = time.perf_counter()
-    key = json.dumps({k: params.get(k) for k in ("base", "pretrain")}, sort_keys=True) + f"/{seed}"
+    key = json.dumps({k: params.get(k) for k in ("base", "pretrain", "encoder")}, sort_keys=True) + f"/{seed}"
     if hasattr(agent, "base") and key in pretrained:  # same base config and seed: reuse the imitation run
-        for k, sd in pretrained[key].items():
+        for k, sd in zip(_base_modules(agent), pretrained[key]):
             agent.modules[k].load_state_dict(sd)
     else:
         agent.pretrain(offline, settings["pretrain_steps"])
-        if hasattr(agent, "base"):
-            pretrained[key] = {
-                k: copy.deepcopy(agent.modules[k].state_dict()) for k in ("norm", "base", "base_ema")
-            }
+        if hasattr(agent, "base"):  # (BC's one encoder and EXPO's base encoder are the same network)
+            pretrained[key] = [copy.deepcopy(agent.modules[k].state_dict()) for k in _base_modules(agent)]
     pretrain_s = time.perf_counter() - t0
     max_steps = int(settings.get("max_episode_steps") or cfg.task.max_episode_steps)
     train_task = make_sim_task(cfg.robot, OmegaConf.merge(cfg.task, {"max_episode_steps": max_steps}))
     eval_task = make_sim_task(cfg.robot, OmegaConf.merge(cfg.task, {"max_episode_steps": max_steps}))
-    online = ReplayBuffer(settings["env_steps"] + 16, spec.state_dim, spec.chunk, spec.action_dim)
-    run = OnlineRun(agent, params, train_task, offline, online, learn)
+    online = ReplayBuffer(
+        settings["env_steps"] + 16, spec.state_dim, spec.chunk, spec.action_dim, images=dict(spec.images)
+    )
+    cameras = Cameras(cfg.get("cameras"), dict(spec.images))
+    run = OnlineRun(agent, params, train_task, offline, online, learn, cameras)
     curve = []
     try:
         t_start = time.perf_counter()
@@ -262,14 +323,14 @@ def run_one(cfg, settings, name: str, seed: int, offline, spec, pretrained: dict
                 is_final = target == settings["env_steps"]
                 te = time.perf_counter()
                 n_eval = settings["final_episodes"] if is_final else settings["eval_episodes"]
-                success = evaluate(agent, eval_task, n_eval, max_steps)
+                success = evaluate(agent, eval_task, n_eval, max_steps, cameras)
                 eval_s += time.perf_counter() - te
                 curve.append([run.env_steps, success])
                 log.info("%s seed %d: %d env steps, success %.2f (%d episodes)", name, seed, run.env_steps,
                          success, n_eval)  # fmt: skip
         online_s = time.perf_counter() - t_start - eval_s
         costs = None
-        if name == "expo":
+        if name == "expo" and not spec.images:  # (the probes' critic steps read no frames)
             costs = backup_costs(agent, params, spec, cfg.device, offline, online)
     finally:
         train_task.close()
@@ -285,6 +346,8 @@ def run_one(cfg, settings, name: str, seed: int, offline, spec, pretrained: dict
             "env_steps_per_s": round(run.env_steps / max(online_s, 1e-9), 1),
             "sim_steps_per_s": round(run.env_steps / max(timers["env"], 1e-9), 1),
             "act_ms": round(1e3 * timers["act"] / max(1, run.env_steps / spec.chunk), 2),
+            "render_s": round(timers["render"], 1),
+            "render_ms_per_frame": round(train_task.render_times.summary()["render_ms"], 1),
             "pretrain_s": round(pretrain_s, 1),
             "online_s": round(online_s, 1),
             "eval_s": round(eval_s, 1),
@@ -351,14 +414,20 @@ def run(cfg: DictConfig, words: list[str], results_dir: Path = Path("benchmarks/
     ]
     if unknown:
         raise BenchConfigError(f"unknown algorithms {unknown}")
-    first = agent_config(settings["algorithms"][0], cfg.profile)
+    cameras = configured_shapes(cfg.get("cameras"))
+    if settings.get("needs_cameras") and not cameras:
+        raise BenchConfigError(
+            f"the {settings['profile']} profile learns from cameras: add cameras=sim_pair (front + wrist)"
+        )
+    first = agent_config(settings["algorithms"][0], cfg.profile, settings)
     probe = make_sim_task(cfg.robot, cfg.task)
-    spec = AgentSpec(probe.state_dim, probe.action_dim, probe.action_low, probe.action_high, first["chunk"])
+    images = agent_image_shapes(cameras, (first.get("encoder") or {}).get("image_size")) if cameras else {}
+    spec = AgentSpec(
+        probe.state_dim, probe.action_dim, probe.action_low, probe.action_high, first["chunk"], images=images
+    )
     probe.close()
     t0 = time.perf_counter()
-    offline, seed_info = load_offline(
-        cfg, settings, spec.chunk, first["gamma"], spec.state_dim, spec.action_dim
-    )
+    offline, seed_info = load_offline(cfg, settings, spec, first["gamma"])
     seed_info["seconds"] = round(time.perf_counter() - t0, 1)
     results: dict[str, dict] = {}
     pretrained: dict = {}
@@ -385,7 +454,9 @@ def run(cfg: DictConfig, words: list[str], results_dir: Path = Path("benchmarks/
         "task": {"env_id": cfg.robot.env_id, "task": cfg.task.name},
         "settings": settings,
         "seed_data": seed_info,
-        "agents": {name: agent_config(name, cfg.profile) for name in settings["algorithms"]},
+        "cameras": OmegaConf.to_container(cfg.cameras, resolve=True) if cameras else None,
+        "render_profile": RenderProfile.from_config(cfg.robot.get("render")).settings() if cameras else None,
+        "agents": {name: agent_config(name, cfg.profile, settings) for name in settings["algorithms"]},
         "results": results,
         "backup_costs": expo_costs[0] if expo_costs else None,
         "plot": str(png),

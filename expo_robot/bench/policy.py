@@ -39,9 +39,15 @@ PROFILES = {
     "full": {"steps": 5000, "realtime_s": 600},
     "latency": {"steps": 5000, "realtime_s": 0, "result_name": "policy_latency"},
     "realtime": {"steps": 0, "realtime_s": 600, "result_name": "policy_realtime"},
+    # two 96x96 cameras (front + wrist), idle and with an image learner training (issue 18: p99 <= 10 ms)
+    "cameras": {"steps": 0, "camera_steps": 1000, "realtime_s": 0, "result_name": "policy_cameras"},
 }
 STATE_DIM = 21  # the default robot (gym-hil Panda): 18 robot values + 3 cube position
 CAMERA = {"front": (96, 96, 3)}  # one camera, the size of configs/cameras/sim.yaml
+TWO_CAMERAS = {
+    "front": (96, 96, 3),
+    "wrist": (96, 96, 3),
+}  # the agent's default frame size (encoder.image_size)
 
 
 def _agent(cfg: DictConfig, device: str, cameras: dict | None = None):
@@ -54,8 +60,11 @@ def _agent(cfg: DictConfig, device: str, cameras: dict | None = None):
 
 def _filled_buffer(spec: AgentSpec, n: int = 2048) -> ReplayBuffer:
     rng = np.random.default_rng(0)
-    buf = ReplayBuffer(n, spec.state_dim, spec.chunk, spec.action_dim)
+    n = n if not spec.images else n // 4  # frames: 2 x 27 kB per row and camera at 96x96
+    buf = ReplayBuffer(n, spec.state_dim, spec.chunk, spec.action_dim, images=dict(spec.images))
     low, high = np.asarray(spec.action_low), np.asarray(spec.action_high)
+    frames = {f"{key}_image.{name}": rng.integers(0, 255, (n, *shape), dtype=np.uint8)
+              for name, shape in spec.images.items() for key in ("obs", "next_obs")}  # fmt: skip
     buf.add_batch({
         "obs": rng.normal(size=(n, spec.state_dim)).astype(np.float32),
         "actions": rng.uniform(low, high, size=(n, spec.chunk, spec.action_dim)).astype(np.float32),
@@ -63,6 +72,7 @@ def _filled_buffer(spec: AgentSpec, n: int = 2048) -> ReplayBuffer:
         "next_obs": rng.normal(size=(n, spec.state_dim)).astype(np.float32),
         "discount": np.full(n, 0.96, np.float32),
         "steps": np.full(n, spec.chunk),
+        **frames,
     })  # fmt: skip
     return buf
 
@@ -93,12 +103,13 @@ def time_policy_steps(agent, spec: AgentSpec, steps: int) -> list[float]:
     return out
 
 
-def _learner_load(agent_cfg: dict, robot_cfg: dict, runtime_cfg: dict, ready, stop) -> None:
-    """A learner's work in another process, scheduled as a session's learner: EXPO updates back to back."""
+def _learner_load(agent_cfg: dict, robot_cfg: dict, runtime_cfg: dict, ready, stop, cameras=None) -> None:
+    """A learner's work in another process, scheduled as a session's learner: EXPO updates back to back (from the
+    same cameras as the actor's, when it has cameras)."""
     scheduling.apply(runtime_cfg, "learner")
     torch.set_num_threads(1)
     cfg = OmegaConf.create({"agent": agent_cfg, "robot": robot_cfg})
-    agent, spec = _agent(cfg, "cpu")
+    agent, spec = _agent(cfg, "cpu", cameras)
     buf = _filled_buffer(spec)
     agent.update(buf, buf)
     ready.set()
@@ -110,12 +121,14 @@ def loaded_latency(cfg: DictConfig, agent, spec: AgentSpec, steps: int) -> list[
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
     agent_cfg = OmegaConf.to_container(cfg.agent, resolve=True)
-    args = (agent_cfg, OmegaConf.to_container(cfg.robot), OmegaConf.to_container(cfg.runtime), ready, stop)
+    args = (agent_cfg, OmegaConf.to_container(cfg.robot), OmegaConf.to_container(cfg.runtime), ready, stop,
+            dict(spec.images))  # fmt: skip
     proc = ctx.Process(target=_learner_load, args=args)
     proc.start()
     try:
-        if not ready.wait(300):
-            raise TimeoutError("the learner load process did not start within 300 s")
+        # (at nice +10 on a loaded machine, an image learner's first update can take minutes)
+        if not ready.wait(900):
+            raise TimeoutError("the learner load process did not start within 900 s")
         return time_policy_steps(agent, spec, steps)
     finally:
         stop.set()
@@ -205,6 +218,8 @@ def run(cfg: DictConfig, words: list[str]) -> dict:
     summary: dict = {}
     if p["steps"]:
         latency_figures(cfg, p["steps"], figures, summary)
+    if p.get("camera_steps"):
+        camera_latency_figures(cfg, p["camera_steps"], figures, summary)
     if p["realtime_s"]:
         rt = figures["realtime"] = realtime_session(p["realtime_s"])
         print("real-time session:", json.dumps(rt))
@@ -245,3 +260,34 @@ def latency_figures(cfg: DictConfig, steps: int, figures: dict, summary: dict) -
         print("policy step with one 96x96 camera, GPU:", json.dumps(figures["camera_96_gpu"]))
         summary["policy_step_p99_ms_gpu"] = figures["gpu"]["p99_ms"]
         summary["policy_step_p99_ms_gpu_camera_96"] = figures["camera_96_gpu"]["p99_ms"]
+
+
+def camera_latency_figures(cfg: DictConfig, steps: int, figures: dict, summary: dict) -> None:
+    """Policy-step latency with two 96x96 cameras (the observation's frames decoded and encoded by the agent), CPU
+    idle and with a learner training from the same cameras in another process; the same step without cameras,
+    idle, in the same run as the baseline (this machine's speed changes from hour to hour)."""
+    scheduling_applied = scheduling.apply(cfg.runtime, "actor")
+    torch.set_num_threads(1)
+    state_agent, state_spec = _agent(cfg, "cpu")
+    agent, spec = _agent(cfg, "cpu", TWO_CAMERAS)
+    freeze_heap()
+    figures["no_camera_cpu_idle"] = latency_summary(time_policy_steps(state_agent, state_spec, steps))
+    print("policy step without cameras, CPU idle:", json.dumps(figures["no_camera_cpu_idle"]))
+    figures |= {"chunk": spec.chunk, "cameras": {k: list(v) for k, v in TWO_CAMERAS.items()},
+                "encoder": OmegaConf.to_container(cfg.agent.get("encoder"), resolve=True),
+                "scheduling": {"actor": scheduling_applied}}  # fmt: skip
+    figures["two_cameras_96_cpu_idle"] = latency_summary(time_policy_steps(agent, spec, steps))
+    print("policy step with two 96x96 cameras, CPU idle:", json.dumps(figures["two_cameras_96_cpu_idle"]))
+    figures["two_cameras_96_cpu_loaded"] = latency_summary(loaded_latency(cfg, agent, spec, steps))
+    print(
+        "policy step with two 96x96 cameras, a learner training:",
+        json.dumps(figures["two_cameras_96_cpu_loaded"]),
+    )
+    summary |= {
+        "policy_step_p99_ms_two_cameras_idle": figures["two_cameras_96_cpu_idle"]["p99_ms"],
+        "policy_step_p99_ms_two_cameras_learner_training": figures["two_cameras_96_cpu_loaded"]["p99_ms"],
+        "policy_step_p50_ms_two_cameras_learner_training": figures["two_cameras_96_cpu_loaded"]["p50_ms"],
+        "policy_step_p99_ms_no_camera_idle": figures["no_camera_cpu_idle"]["p99_ms"],
+        "p50_ratio_two_cameras_idle_vs_no_camera": figures["two_cameras_96_cpu_idle"]["p50_ms"]
+        / figures["no_camera_cpu_idle"]["p50_ms"],
+    }

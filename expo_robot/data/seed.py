@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from drivers.sim_env import make_sim_task
+from drivers.sim_env import RenderProfile, make_sim_task
 from expo_robot.data.dataset_io import EpisodeWriter, camera_features, dataset_features
 from expo_robot.data.scripted_operator import OPERATOR_VERSION, default_sigma, make_operator
 
@@ -37,6 +37,10 @@ INFO_FILE = "seed.json"  # written last: its presence marks a complete dataset
 
 def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
+def _render_settings(robot_cfg: Any) -> dict:
+    return RenderProfile.from_config(robot_cfg.get("render")).settings()
 
 
 def seed_key(
@@ -53,7 +57,8 @@ def seed_key(
         "sigma": float(sigma),
         "seed": int(seed),
         "operator": OPERATOR_VERSION,
-        **({"cameras": _plain(cameras)} if cameras else {}),  # (state-only keys are unchanged: caches stay valid)
+        # (state-only keys are unchanged: caches stay valid); frames are drawn as the robot's render profile says
+        **({"cameras": _plain(cameras), "render": _render_settings(robot_cfg)} if cameras else {}),
     }
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{robot_cfg.get('name')}_{task_cfg.get('name')}_n{episodes}_sigma{sigma:g}_seed{seed}_{digest}"

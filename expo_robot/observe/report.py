@@ -95,6 +95,14 @@ def _driver_rows(loop: Mapping | None) -> list[list[str]]:
     return [["driver ticks > a period late", text], step]
 
 
+def _render_rows(loop: Mapping | None) -> list[list[str]]:
+    """Simulated cameras: the driver's time per rendered frame (robot.render profile), none without them."""
+    if not loop or not loop.get("render_frames"):
+        return []
+    text = f"{loop['render_ms']:.1f} ms mean, {loop['max_render_ms']:.1f} ms max ({int(loop['render_frames'])} frames)"
+    return [["simulated camera render per frame", text]]
+
+
 def _latency_rows(lat: Mapping | None) -> list[list[str]]:
     if not lat or not lat.get("n"):
         return [["policy step latency", "not recorded"]]
@@ -157,6 +165,7 @@ def _session_section(s: Mapping) -> list[str]:
     timing = (
         _loop_rows(s.get("loop"))
         + _driver_rows(s.get("driver_loop"))
+        + _render_rows(s.get("driver_loop"))
         + _latency_rows(s.get("policy_latency"))
     )
     events = s.get("safety_events") or {}

@@ -7,7 +7,13 @@ import torch
 from agent_fixtures import agent_cfg
 
 from expo_robot.agent import AgentSpec, make_agent
-from expo_robot.agent.encoder import ImageEncoder, agent_image_shapes, random_shift, resize_frames
+from expo_robot.agent.encoder import (
+    BackboneError,
+    ImageEncoder,
+    agent_image_shapes,
+    random_shift,
+    resize_frames,
+)
 from expo_robot.data.chunking import chunk_transitions
 from expo_robot.data.replay import ReplayBuffer, sample_symmetric
 
@@ -117,6 +123,62 @@ def test_each_loss_trains_only_its_encoder_and_all_of_them_travel_to_actors(shar
     assert chunk.shape == (2, 2)
     with pytest.raises(ValueError, match="cameras"):
         actor.act(np.zeros(3, np.float32))
+
+
+def test_critic_minibatches_encode_untrained_steps_in_one_pass_with_the_same_features():
+    """Frozen steps: one pass, no graph, the features a step-by-step loop computes; trained steps: a graph through the
+    critic's encoder only; an update with trained_steps=1 moves the critic's encoder once."""
+    torch.set_num_threads(1)
+    cfg = agent_cfg("expo", encoder={**SMALL["encoder"], "shift": 0, "trained_steps": 1}, utd=3)
+    agent = make_agent(cfg, SPEC, device="cpu", seed=0)
+    offline, online = image_dataset(64, 0), image_dataset(64, 1)
+    agent.ensure_normalizer(offline)
+    batches = [sample_symmetric(offline, online, 16, agent.rng) for _ in range(3)]
+    steps = list(agent.critic_minibatches(batches, 1))
+    assert len(steps) == 3
+    for batch, t in zip(batches, steps):
+        alone = agent.tensors(batch)
+        for k in ("obs", "next_obs", "action", "reward"):
+            torch.testing.assert_close(t[k], alone[k])
+    assert [t["obs"].requires_grad for t in steps] == [False, False, True]
+    steps[-1]["obs"].sum().backward()
+    assert all(p.grad is not None for p in agent.encoders["critic"].parameters())
+    assert all(p.grad is None for p in agent.encoders["base"].parameters())  # no graph through the other one
+    imitation = agent.tensors(batches[0], grad_role="base", only_role="base")  # what pretraining reads
+    assert "next_obs" not in imitation
+    critic_cols = agent.views["critic"][3:]  # after the 3 state columns: the critic encoder's, not run
+    assert not imitation["obs"][:, critic_cols].any()
+    torch.testing.assert_close(agent.view(imitation["obs"], "base"), agent.view(steps[0]["obs"], "base"))
+
+    agent = make_agent(cfg, SPEC, device="cpu", seed=0)
+    critic_enc = agent.encoders["critic"]
+    before = params(critic_enc)
+    seen = []
+    critic_enc.register_full_backward_hook(lambda *a: seen.append(1))
+    agent.update(offline, online)
+    assert changed(before, critic_enc) and len(seen) == 1  # one of the three critic steps trained it
+
+
+def test_a_frozen_backbone_from_a_local_file_is_never_trained_nor_saved(tmp_path):
+    torch.set_num_threads(1)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2)
+    )
+    path = tmp_path / "backbone.pt"
+    torch.jit.script(net).save(str(path))
+    cfg = agent_cfg("expo", encoder={**SMALL["encoder"], "backbone": str(path)}, pretrain={"batch_size": 32})
+    agent = make_agent(cfg, SPEC, device="cpu", seed=0)
+    weights = [w.detach().clone() for w in net.parameters()]
+    offline, online = image_dataset(64, 0), image_dataset(64, 1)
+    heads = params(agent.encoders["base"].heads)
+    agent.pretrain(offline, 3)
+    agent.update(offline, online)
+    assert changed(heads, agent.encoders["base"].heads)  # the heads learn
+    loaded = agent.encoders["base"].convs["front"]._module[0]
+    assert all(torch.equal(a, b) for a, b in zip(weights, loaded.parameters()))  # the backbone does not
+    assert not any("convs" in k for k in agent.acting_state())  # every process loads it from the file
+    with pytest.raises(BackboneError, match="not a readable TorchScript file"):
+        make_agent(agent_cfg("expo", encoder={"backbone": str(tmp_path / "missing.pt")}), SPEC, device="cpu")
 
 
 def test_chunk_transitions_carry_the_frames_of_their_states():

@@ -89,6 +89,8 @@ def test_sim_driver_publishes_declared_frames_and_refuses_other_camera_specs(tmp
             assert o.image_time == {"front": pytest.approx(o.t)}  # a render shows the state it comes with
         assert [o.step for o in frames] == [0, 1, 2]
         assert not np.array_equal(frames[0].images["front"], frames[2].images["front"])  # the arm moved
+        loop = frames[-1].loop  # the render time per frame rides with the loop's figures (into the report)
+        assert loop["render_frames"] >= 3 and 0 < loop["render_ms"] <= loop["max_render_ms"]
 
         with pytest.raises(
             HandshakeError, match=r"cameras\.front is \(32, 32, 3\) on the driver, expected \(64, 64, 3\)"
@@ -100,6 +102,39 @@ def test_sim_driver_publishes_declared_frames_and_refuses_other_camera_specs(tmp
             ).connect(10)
         with RobotClient(cfg.runtime, expected={"cameras": {"front": [32, 32, 3]}}) as same:
             assert same.connect(10).cameras == spec.cameras
+
+
+def test_render_profiles_come_from_the_robot_config_and_change_how_frames_are_drawn(monkeypatch):
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    from drivers.sim_env import RenderProfile, SimUnavailableError, make_sim_task
+    from expo_robot.config import load_config
+
+    robot = load_config([]).robot
+    fast = RenderProfile.from_config(robot.render)
+    assert fast.name == "fast" and not (fast.shadows or fast.reflections or fast.skybox)
+    assert fast.offscreen_samples == 0 and fast.shadow_size == 0
+    assert RenderProfile.from_config(None) == RenderProfile()  # no render section: the model's own look
+    with pytest.raises(
+        SimUnavailableError, match=r"profile='nope' is not defined; choose one of \['fast', 'quality'\]"
+    ):
+        RenderProfile.from_config({**robot.render, "profile": "nope"})
+    with pytest.raises(SimUnavailableError, match=r"unknown keys \['shadow'\]"):
+        RenderProfile.from_config({"profile": "x", "profiles": {"x": {"shadow": False}}})
+
+    sim = make_sim_task(robot)
+    try:
+        sim.reset(0)
+        drawn = {}
+        for name in ("fast", "quality"):
+            sim.use_render_profile(RenderProfile.from_config({**robot.render, "profile": name}))
+            drawn[name] = sim.render("front", 24, 24)
+        assert drawn["fast"].shape == drawn["quality"].shape == (24, 24, 3)
+        # no skybox, no multisampling: the fast frame differs (darker background)
+        assert drawn["fast"].astype(int).mean() < drawn["quality"].astype(int).mean() - 5
+        times = sim.render_times.summary()
+        assert times["render_frames"] == 2 and 0 < times["render_ms"] <= times["max_render_ms"]
+    finally:
+        sim.close()
 
 
 def test_sim_camera_with_a_robot_that_is_not_simulated_is_a_clear_error(tmp_path):

@@ -1,5 +1,5 @@
 """An image-observation fine-tune end to end: the simulated Panda's camera rendered by MuJoCo in the driver (48x48,
-~0.5 s a frame in software here), seed data with rendered frames, frames resized to the agent's 24x24, the agent's
+the fast render profile), seed data with rendered frames, frames resized to the agent's 24x24, the agent's
 image encoder in the actor and the learner, frames in the transitions, the replay buffer and the session's dataset."""
 
 import json
@@ -60,3 +60,6 @@ def test_image_finetune_session_end_to_end(processes, tmp_path):
     recorded = load_episodes(run / "episodes" / "actor-0")
     assert len(recorded) == actor["episodes"]
     assert all(ep.images["front"].shape == (len(ep), 24, 24, 3) for ep in recorded)
+    # the driver's render time per frame (robot.render profile: fast)
+    report = (run / "report.md").read_text()
+    assert "| simulated camera render per frame |" in report and " ms mean, " in report
