@@ -177,7 +177,7 @@ def compare_paths(cfg: DictConfig, profile: str, reps: int, with_compile: bool, 
         }
     if with_backups:
         out["backup_costs"] = backup_costs(
-            agents["eager"], params, spec, agents["eager"].device, buf, buf, reps=4
+            agents["eager"], params, spec, agents["eager"].device, buf, buf, reps=8
         )
     return out
 
