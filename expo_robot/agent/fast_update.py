@@ -3,9 +3,10 @@
 Same random draws in the same order, same arithmetic; what changes is how it is laid out:
 - the UTD minibatches' rows are drawn as the eager path draws them, then gathered at once into tensors allocated once
   (pinned on CUDA, copied without blocking);
-- the backup's proposals and their edits for ALL the minibatches come from one batched sampler call: the base and
-  the edit policy do not change during the critic steps of one update (they learn after them), so this is exact;
-  only the scoring, with the target critic that moves after every critic step, stays per step;
+- the backup's proposals and their edits for ALL the minibatches are made before the first critic step, on CUDA
+  in one batched sampler call (on a CPU one call per minibatch: larger calls outgrow its caches): the base and the
+  edit policy do not change during the critic steps of one update (they learn after them), so this is exact; only
+  the scoring, with the target critic that moves after every critic step, stays per step;
 - metrics stay tensors (read when a caller logs them: `float(v)`, every k updates), gradient norms and target/EMA
   updates are foreach operations, the optimisers fused (`AgentCore.optimizer`); no host sync inside the update;
 - optionally (`agent.backup_bf16: true`) the backup's sampler, edits and scores under bf16 autocast (TD targets,
@@ -174,7 +175,7 @@ class FastUpdate:
             self._compile(t, base_noise, edit_noise, subsets, n)
         a.edit.eval()  # as the eager selection does: no dropout in the backup's edits
         with torch.no_grad(), self._backup_precision():
-            candidates = self.fns["candidates"](t["next_obs"], base_noise, edit_noise).float()
+            candidates = self._all_candidates(t["next_obs"], base_noise, edit_noise, n)
         for k in range(utd):
             rows = slice(k * n, (k + 1) * n)
             metrics = self._critic_step({key: v[rows] for key, v in t.items()}, candidates[rows], subsets[k])
@@ -187,6 +188,22 @@ class FastUpdate:
         a.counters["updates"] += 1
         metrics["updates"] = a.counters["updates"]
         return metrics
+
+    def _all_candidates(self, next_obs, base_noise, edit_noise, n: int) -> torch.Tensor:
+        """Every minibatch's candidates. On CUDA in one call; on a CPU one minibatch at a time (the same numbers):
+        one call over all UTD minibatches makes activations larger than the CPU's caches (168 MB at the reference
+        sizes), measured slower there."""
+        step = next_obs.shape[0] if self.agent.device.type == "cuda" else n
+        per = base_noise.shape[0] // next_obs.shape[0]  # noise rows per next state
+        parts = [
+            self.fns["candidates"](
+                next_obs[i : i + step],
+                base_noise[i * per : (i + step) * per],
+                None if edit_noise is None else edit_noise[i * per : (i + step) * per],
+            )
+            for i in range(0, next_obs.shape[0], step)
+        ]
+        return torch.cat(parts).float()
 
     def _backup_precision(self):
         return torch.autocast(self.agent.device.type, dtype=torch.bfloat16, enabled=self.backup_bf16)
@@ -300,7 +317,7 @@ class FastUpdate:
             self.fns = {k: torch.compile(f, dynamic=False, mode=self.compile_mode) for k, f in eager.items()}
             b = {key: v[:n] for key, v in t.items()}
             with torch.no_grad(), self._backup_precision():
-                candidates = self.fns["candidates"](t["next_obs"], base_noise, edit_noise)
+                candidates = self._all_candidates(t["next_obs"], base_noise, edit_noise, n)
                 target = self.fns["td_target"](
                     b["next_obs"], candidates[:n], subsets[0], b["reward"], b["discount"]
                 )

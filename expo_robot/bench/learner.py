@@ -125,7 +125,7 @@ def critic_step_ms(agent, buf, reps: int) -> float:
             t = fast._batch(symmetric_indices(buf, buf, n, utd, agent.rng), n * utd)
             base_noise, edit_noise, subsets = fast._draws(n, utd)
             with torch.no_grad():
-                candidates = fast.fns["candidates"](t["next_obs"], base_noise, edit_noise)
+                candidates = fast._all_candidates(t["next_obs"], base_noise, edit_noise, n)
             _sync(agent.device)
             t1 = time.perf_counter()
             first = {key: v[:n] for key, v in t.items()}
@@ -177,7 +177,7 @@ def compare_paths(cfg: DictConfig, profile: str, reps: int, with_compile: bool, 
         }
     if with_backups:
         out["backup_costs"] = backup_costs(
-            agents["eager"], params, spec, agents["eager"].device, buf, buf, reps=4
+            agents["eager"], params, spec, agents["eager"].device, buf, buf, reps=8
         )
     return out
 

@@ -241,39 +241,25 @@ def backup_costs(agent, params: dict, spec, device, offline, online, reps: int =
         options = {
             k: v for k, v in options.items() if v.get("proposal_steps") is None and "backup_sampler" not in v
         }
-    out = {}
     state = agent.state_dict()
-    for name, over in options.items():
-        probe_params = copy.deepcopy(params)
-        probe_params["select"] |= over
-        probe = type(agent)(probe_params, spec, device, 0)
-        if probe.proposer is not None:  # a module the trained agent lacks: its own, started from the base
-            own = {"modules": state["modules"] | {"proposer": probe.proposer.state_dict()},
-                   "optims": state["optims"] | {"proposer": probe.optims["proposer"].state_dict()}}  # fmt: skip
-            probe.load_state_dict(state | own)
-            probe.proposer.net.load_state_dict(probe.base.net.state_dict())
-        else:
-            probe.load_state_dict(state)
+    probes = {name: _backup_probe(agent, state, params, over, spec, device, offline, online)
+              for name, over in options.items()}  # fmt: skip
+    for probe in probes.values():  # warm-up: traced graphs, and the cache's first fills
+        for _ in range(2 + 20 * bool(probe.cache)):
+            _timed_critic_step(probe, params, offline, online)
+    times: dict[str, list[float]] = {name: [] for name in probes}
+    names = list(probes)
+    for r in range(reps):  # in turns, the order rotating: a shared machine's load hits every option alike
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(_timed_critic_step(probes[name], params, offline, online))
+    out = {}
+    for name, probe in probes.items():
         s = probe.cfg["select"]
-        if s.get("proposal_cache_age", 0) > 0:
-            probe.cache = ProposalCache(s["proposal_cache_age"], s["n_backup"], probe.act_dim, probe.device)
-        probe._capacities = {0: offline.capacity, 1: online.capacity}
-        times = []
-        for i in range(reps + 20 * bool(probe.cache)):  # the cache needs steps to warm up
-            batch = sample_symmetric(offline, online, params["batch_size"], probe.rng)
-            t0 = time.perf_counter()
-            t = probe.tensors(batch)
-            probe.critic_step(t, batch)
-            if probe.proposer is not None and i % params["utd"] == 0:  # one distillation step per update
-                probe.distill_step(t["next_obs"])
-            probe.counters["updates"] += 1
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
         out[name] = {
             "n_backup": s["n_backup"],
             "proposal_steps": 1 if probe.proposer is not None else s.get("proposal_steps") or base_steps,
             "proposal_cache_age": s.get("proposal_cache_age", 0),
-            "critic_step_ms": round(1e3 * float(np.mean(times)), 2),
+            "critic_step_ms": round(1e3 * float(np.median(times[name])), 2),
         }
         if probe.cache is not None:
             out[name]["cache_hit_rate"] = round(probe.cache.hit_rate(), 3)
@@ -287,6 +273,41 @@ def _base_modules(agent) -> tuple[str, ...]:
     """What imitation pretraining trains: the normaliser, the base (+ EMA) and the image encoder the base sees."""
     encoder = next((k for k in ("encoder", "encoder_base") if k in agent.modules), None)
     return ("norm", "base", "base_ema", *((encoder,) if encoder else ()))
+
+
+def _backup_probe(agent, state: dict, params: dict, over: dict, spec, device, offline, online):
+    """A copy of the trained agent with other backup settings (a distilled proposer starts from its base)."""
+    probe_params = copy.deepcopy(params)
+    probe_params["select"] |= over
+    probe = type(agent)(probe_params, spec, device, 0)
+    if probe.proposer is not None:  # a module the trained agent lacks: its own, started from the base
+        own = {"modules": state["modules"] | {"proposer": probe.proposer.state_dict()},
+               "optims": state["optims"] | {"proposer": probe.optims["proposer"].state_dict()}}  # fmt: skip
+        probe.load_state_dict(state | own)
+        probe.proposer.net.load_state_dict(probe.base.net.state_dict())
+    else:
+        probe.load_state_dict(state)
+    s = probe.cfg["select"]
+    if s.get("proposal_cache_age", 0) > 0:
+        probe.cache = ProposalCache(s["proposal_cache_age"], s["n_backup"], probe.act_dim, probe.device)
+    probe._capacities = {0: offline.capacity, 1: online.capacity}
+    return probe
+
+
+def _timed_critic_step(probe, params: dict, offline, online) -> float:
+    """Seconds for one critic step with the probe's backup (with a distilled proposer, its distillation step's
+    share: one per update of UTD critic steps)."""
+    batch = sample_symmetric(offline, online, params["batch_size"], probe.rng)
+    t0 = time.perf_counter()
+    t = probe.tensors(batch)
+    probe.critic_step(t, batch)
+    elapsed = time.perf_counter() - t0
+    if probe.proposer is not None:
+        t1 = time.perf_counter()
+        probe.distill_step(t["next_obs"])
+        elapsed += (time.perf_counter() - t1) / params["utd"]
+    probe.counters["updates"] += 1
+    return elapsed
 
 
 def run_one(cfg, settings, name: str, seed: int, offline, spec, pretrained: dict) -> dict:
