@@ -31,7 +31,8 @@ from expo_robot.runtime import scheduling
 from expo_robot.runtime.checkpoint import load_checkpoint, save_checkpoint
 from expo_robot.runtime.messages import pack_state, transitions_schema
 from expo_robot.runtime.offline import load_offline_transitions, offline_dataset_paths
-from expo_robot.transport.sockets import CurveKeys, Publisher, Puller, address
+from expo_robot.transport.keys import curve_keys
+from expo_robot.transport.sockets import Publisher, Puller, address
 
 log = logging.getLogger(__name__)
 STATUS_EVERY_S = 0.2
@@ -73,7 +74,7 @@ class Learner:
         self.metrics = MetricsLogger(run_dir)
         self.rng = np.random.default_rng(cfg.seed)
         self._setup_data_and_agent()
-        curve = CurveKeys.from_config(cfg.runtime.curve)
+        curve = curve_keys(cfg.runtime)
         self.inbox = Puller(
             address(cfg.runtime, "transitions"),
             schema={"transitions": transitions_schema(self.agent.spec.images)},

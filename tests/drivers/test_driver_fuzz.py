@@ -10,7 +10,9 @@ import zmq
 from driver_helpers import make_cfg, running_driver, wait_for
 
 from expo_robot.transport import RobotClient
+from expo_robot.transport.keys import curve_keys
 from expo_robot.transport.protocol import driver_inbox
+from expo_robot.transport.sockets import Pusher, address
 from expo_robot.transport.wire import PROTOCOL_VERSION, WireError, decode, encode, read_header, write_header
 
 A = 4
@@ -98,9 +100,9 @@ def fuzz(tmp_path, count: int) -> None:
     cfg = make_cfg(tmp_path, "task.max_episode_steps=1000000000", "safety.max_episode_steps=1000000000")
     ctx = zmq.Context()
     with running_driver(cfg) as driver:
-        push = ctx.socket(zmq.PUSH)
-        push.linger, push.sndtimeo = 0, 10_000  # block (never drop) so every message reaches the driver
-        push.connect(f"tcp://127.0.0.1:{cfg.runtime.cmd_port}")
+        # an authorised client's socket (its keys are in the allow-list), used raw
+        push = Pusher(address(cfg.runtime, "cmd"), curve=curve_keys(cfg.runtime), ctx=ctx).sock
+        push.sndtimeo = 10_000  # block (never drop) so every message reaches the driver
         n_invalid = n_bad_op = 0
         for i in range(count):
             frames = random_message(rng)
