@@ -18,7 +18,6 @@ from expo_robot.transport import RobotClient
 from expo_robot.transport.keys import curve_keys, keys_dir
 from expo_robot.transport.sockets import Puller, Pusher, TransportError, address, free_tcp_ports
 
-
 ACTIONS = np.tile(np.array([0.3, 0.0, 0.0, 1.0], np.float32), (5, 1))
 
 
