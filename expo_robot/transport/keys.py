@@ -209,7 +209,7 @@ def _show(folder: Path) -> None:
     print(f"server public key:   {public_keys_of(folder / 'server.key')}")
     for role in ("client", "operator"):
         if (folder / f"{role}.key").exists():
-            print(f"{role} public key:{' ' * (11 - len(role))}{public_keys_of(folder / f'{role}.key')}")
+            print(f"{role + ' public key:':<21}{public_keys_of(folder / f'{role}.key')}")
     print(f"allowed to connect:  {', '.join(sorted(public_keys(folder / 'allowed'))) or 'nobody'}")
     print(f"may clear an e-stop: {', '.join(sorted(public_keys(folder / 'operators'))) or 'nobody'}")
 
