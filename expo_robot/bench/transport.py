@@ -26,7 +26,7 @@ import zmq
 
 from expo_robot.runtime.scheduling import freeze_heap
 from expo_robot.transport.keys import curve_keys, init_keys
-from expo_robot.transport.sockets import Channel, Pair
+from expo_robot.transport.sockets import Channel, Pair, close_context
 from expo_robot.transport.wire import FieldSpec, Schema, encode
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def serve(keys: str) -> None:
     auth.close()
     ours.close()
     bare.close()
-    ctx.term()
+    close_context(ctx)
 
 
 def _percentiles(samples: list[float]) -> dict:
@@ -152,7 +152,7 @@ def _measure(keys: str, rounds: int, per_round: int) -> dict[str, list[float]]:
         auth.close()
         ours.close()
         bare.close()
-        ctx.term()
+        close_context(ctx)
         return samples
     finally:
         proc.stdin.close()

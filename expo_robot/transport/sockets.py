@@ -121,15 +121,24 @@ def _allow_list_domain(ctx: zmq.Context, allow_dir: str) -> str:
         raise TransportError(
             f"allow-list folder {allow_dir} does not exist: add clients with `expo-robot keys`"
         )
-    if id(ctx) not in _authenticators:
+    auth = _authenticators.get(id(ctx))
+    if auth is None or auth.context is not ctx:  # (an id is reused once its context is gone)
         from zmq.auth.thread import ThreadAuthenticator
 
         auth = ThreadAuthenticator(ctx)
         auth.start()
         _authenticators[id(ctx)] = auth
     domain = "expo-" + hashlib.sha1(str(Path(allow_dir).resolve()).encode()).hexdigest()[:16]
-    _authenticators[id(ctx)].configure_curve(domain=domain, location=allow_dir)
+    auth.configure_curve(domain=domain, location=allow_dir)
     return domain
+
+
+def close_context(ctx: zmq.Context) -> None:
+    """Stop the context's ZAP authenticator thread, then destroy the context (its sockets close, nothing lingers)."""
+    auth = _authenticators.pop(id(ctx), None)
+    if auth is not None and auth.context is ctx:
+        auth.stop()
+    ctx.destroy(linger=0)
 
 
 def _apply_curve(ctx: zmq.Context, sock: zmq.Socket, keys: CurveKeys, server: bool) -> None:

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from expo_robot.transport.keys import client_folder, curve_keys, init_keys, public_keys, public_keys_of
-from expo_robot.transport.sockets import Puller, Pusher, TransportError, free_tcp_ports
+from expo_robot.transport.sockets import Puller, Pusher, TransportError, close_context, free_tcp_ports
 from expo_robot.transport.wire import FieldSpec, Schema
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ def test_a_client_folder_for_another_machine_is_allowed_and_others_are_not(tmp_p
                 msg = pull.recv(5.0)
         assert msg is not None and msg.sender == public_keys_of(remote / "client.key")
     finally:
-        ctx.destroy(linger=0)
+        close_context(ctx)
 
 
 def run_keys(folder: Path, *words: str) -> subprocess.CompletedProcess:
