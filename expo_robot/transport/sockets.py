@@ -2,10 +2,12 @@
 
 Every channel: LINGER=0 (closing never blocks), a high-water mark, non-blocking sends (a full queue drops and counts
 instead of stalling a control loop), a deadline on every receive, validation of every received message (bad ones
-are counted by reason, logged and dropped), and optional CurveZMQ encryption/authentication from config.
+are counted by reason, logged and dropped), and CurveZMQ encryption/authentication with an allow-list of client
+keys (the processes of a run always pass `curve=curve_keys(cfg.runtime)`, transport/keys.py). A bare socket is
+possible on loopback only (tests, benchmarks): binding beyond loopback without an allow-list is refused.
 
-    pub = Publisher(address(cfg.runtime, "obs"), schema=OBS)          # binds
-    sub = Subscriber(address(cfg.runtime, "obs"), schema=OBS)         # connects
+    pub = Publisher(address(cfg.runtime, "obs"), schema=OBS, curve=keys)   # binds
+    sub = Subscriber(address(cfg.runtime, "obs"), schema=OBS, curve=keys)  # connects
     msg = sub.recv(timeout_s=0.5)                                     # Message or None
 """
 
@@ -109,9 +111,8 @@ def _load_keys(path: str | None, secret: bool) -> tuple[bytes, bytes | None]:
         raise TransportError(f"cannot read CurveZMQ key file {path}: {e}") from e
 
 
-_authenticators: dict[
-    int, Any
-] = {}  # one ZAP authenticator per context, one ZAP domain per allow-list folder
+# one ZAP authenticator per context (by id), one ZAP domain per allow-list folder
+_authenticators: dict[int, Any] = {}
 
 
 def _allow_list_domain(ctx: zmq.Context, allow_dir: str) -> str:
