@@ -325,6 +325,7 @@ class RobotClient:
         self._cmd("estop", reason=reason)
 
     def clear_estop(self) -> None:
+        """Only from a client made with role="operator": the driver refuses (and counts) it from any other key."""
         self._cmd("clear_estop")
 
     # ---- teardown ----
