@@ -98,3 +98,13 @@ def test_keys_command_makes_shows_and_allows(tmp_path):
     assert key in public_keys(folder / "operators") and laptop in public_keys(folder / "allowed")
     bad = run_keys(folder, "allow", "not-a-key")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+def test_preflight_reports_the_keys_and_what_to_do_without_them(tmp_path):
+    from expo_robot.runtime.check import check_keys
+
+    init_keys(tmp_path / "keys")
+    row = check_keys({"keys_dir": str(tmp_path / "keys"), "host": "127.0.0.1"})
+    assert row.ok and "2 client key(s) allowed, 1 may clear an e-stop" in row.detail
+    row = check_keys({"keys_dir": str(tmp_path / "none"), "host": "0.0.0.0"})
+    assert row.ok is False and "expo-robot keys init" in row.fix
