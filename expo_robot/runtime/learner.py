@@ -73,7 +73,8 @@ class Learner:
         self.weights_dirty, self._weights, self._weights_version = True, None, 0
         self.metrics = MetricsLogger(run_dir)
         self.rng = np.random.default_rng(cfg.seed)
-        curve = curve_keys(cfg.runtime)  # first: missing keys are refused at start, not after minutes of set-up
+        # keys first: a missing keys folder is refused at start, not after minutes of set-up
+        curve = curve_keys(cfg.runtime)
         self._setup_data_and_agent()
         self.inbox = Puller(
             address(cfg.runtime, "transitions"),
