@@ -52,6 +52,7 @@ from drivers.sim_env import SimUnavailableError
 from drivers.teleop import TeleopContext, TeleopDevice, TeleopError, make_teleop
 from expo_robot.runtime.scheduling import apply as apply_scheduling
 from expo_robot.runtime.scheduling import freeze_heap
+from expo_robot.transport.keys import curve_keys, public_keys
 from expo_robot.transport.protocol import (
     PROTOCOL_VERSION,
     RobotSpec,
@@ -59,7 +60,7 @@ from expo_robot.transport.protocol import (
     driver_inbox,
     image_field,
 )
-from expo_robot.transport.sockets import CurveKeys, Publisher, Puller, TransportError, address
+from expo_robot.transport.sockets import Publisher, Puller, TransportError, address
 from expo_robot.transport.wire import Message
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,8 @@ class Driver:
             self.monitor.hold_after_s / 4, self.driver_id,
             {name: (cam.height, cam.width, 3) for name, cam in self.rig.cameras.items()},
         )  # fmt: skip
-        curve = CurveKeys.from_config(rt.get("curve"))
+        curve = curve_keys(rt)
+        self.operators = public_keys(curve.operator_keys_dir)  # may clear the e-stop over the socket
         hwm = int(rt.get("obs_hwm", 1000))
         self.pub = Publisher(address(rt, "obs"), hwm=hwm, curve=curve, name="driver.obs")
         self.inbox = Puller(
@@ -460,9 +462,23 @@ class Driver:
             self.monitor.estop(reason[:200] if isinstance(reason, str) else "socket command")
             self.robot.hold()
             self._publish(fresh=False)
-        elif op == "clear_estop" and self.monitor.clear_estop():
+        elif op == "clear_estop" and self._operator_sent(msg) and self.monitor.clear_estop():
             self.filter.arm(self.robot.hold_action(self.last_action))
             self._publish(fresh=False)
+
+    def _operator_sent(self, msg: Message) -> bool:
+        """Clearing an e-stop is the operator's decision: their key (runtime keys operators/) or their console."""
+        if msg.sender in self.operators:
+            return True
+        self.counters["cmd.clear_estop_refused"] += 1
+        n = self.counters["cmd.clear_estop_refused"]
+        if n & (n - 1) == 0:  # 1st, 2nd, 4th, ...: no log floods
+            log.warning(
+                "driver: clear_estop refused from a client without an operator key (%d so far); clear it at the "
+                "console (teleop clear_estop key) or from a client with role=operator",
+                n,
+            )
+        return False
 
     def estop(self, reason: str) -> None:
         """Latch the e-stop (loop thread only; from elsewhere use request_estop)."""

@@ -11,6 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
+from expo_robot.config_checks import check_config
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 GROUPS = ("robot", "cameras", "task", "agent", "teleop", "safety", "runtime", "session")
 
@@ -44,11 +46,12 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
     overrides = list(overrides or [])
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose(config_name="config", overrides=overrides)
+            cfg = compose(config_name="config", overrides=overrides)
     except (ConfigCompositionException, MissingConfigException, Exception) as e:  # hydra raises several types
         if isinstance(e, KeyboardInterrupt):
             raise
         raise ConfigError(_explain(overrides, e)) from e
+    return check_config(cfg)  # types and ranges (expo_robot/config_checks.py)
 
 
 def expand_override(override: str, section: str) -> str:

@@ -47,8 +47,9 @@ from expo_robot.runtime.messages import (
     unpack_state,
 )
 from expo_robot.runtime.recorder_process import RecorderProcess
+from expo_robot.transport.keys import curve_keys
 from expo_robot.transport.robot_client import RobotClient
-from expo_robot.transport.sockets import CurveKeys, Pusher, Subscriber, address
+from expo_robot.transport.sockets import Pusher, Subscriber, address
 
 log = logging.getLogger(__name__)
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes use their own seeds: the same scenes before and after
@@ -104,7 +105,7 @@ class LearnerLink:
     """The actor's view of the learner: weights, status, and transitions kept until they are safe."""
 
     def __init__(self, cfg: DictConfig, actor_id: str):
-        curve = CurveKeys.from_config(cfg.runtime.curve)
+        curve = curve_keys(cfg.runtime)
         host = cfg.runtime.learner_host
         self.sub = Subscriber(
             address(cfg.runtime, "weights", host), schema=LEARNER_OUTBOX, hwm=8, curve=curve

@@ -26,6 +26,8 @@ from calibration.files import CalibrationError, calibration_root, load_robot
 from drivers.cameras import CameraError, make_camera
 from drivers.robot import Robot, RobotError, make_robot
 from drivers.safety import Limits, SafetyConfig, SafetyConfigError
+from expo_robot.transport.keys import curve_keys, public_keys
+from expo_robot.transport.sockets import TransportError
 
 log = logging.getLogger(__name__)
 PORTS = ("obs", "cmd", "weights", "transitions")
@@ -153,6 +155,17 @@ def check_ports(runtime: Any) -> list[Check]:
     return out
 
 
+def check_keys(runtime: Any) -> Check:
+    """The CurveZMQ keys every socket will use (on one machine made now, as the first process would make them)."""
+    try:
+        keys = curve_keys(runtime)
+    except TransportError as e:
+        return Check("keys", False, str(e), "`expo-robot keys init` (README, Security)")
+    allowed, operators = public_keys(keys.authorized_clients_dir), public_keys(keys.operator_keys_dir)
+    detail = f"{len(allowed)} client key(s) allowed, {len(operators)} may clear an e-stop"
+    return Check("keys", True, f"{Path(keys.server_public_key_file).parent}: {detail}")
+
+
 # ---- robot and cameras ----
 def check_robot_connect(robot: Robot) -> Check:
     try:
@@ -242,6 +255,7 @@ def run_checks(
     else:
         checks.append(Check("robot connect", None, "skipped: fix the rows above first"))
     checks.extend(check_ports(cfg.runtime))
+    checks.append(check_keys(cfg.runtime))
     cams = (cfg.get("cameras") or {}).get("list") or []
     for cam_cfg in cams:
         checks.append(check_camera(cam_cfg, cfg.cameras.get("calibration_dir"), **camera_kwargs))

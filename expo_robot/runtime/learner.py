@@ -42,7 +42,8 @@ from expo_robot.runtime.messages import (
     transitions_schema,
 )
 from expo_robot.runtime.offline import load_offline_transitions, offline_dataset_paths
-from expo_robot.transport.sockets import CurveKeys, Publisher, Puller, address
+from expo_robot.transport.keys import curve_keys
+from expo_robot.transport.sockets import Publisher, Puller, address
 
 log = logging.getLogger(__name__)
 STATUS_EVERY_S = 0.2
@@ -103,10 +104,11 @@ class Learner:
         self.weights_dirty, self._weights, self._weights_version = True, None, 0
         self.metrics = MetricsLogger(run_dir)
         self.rng = np.random.default_rng(cfg.seed)
+        # keys first: a missing keys folder is refused at start, not after minutes of set-up
+        curve = curve_keys(cfg.runtime)
         self._setup_data_and_agent()
         self.limits = transition_limits(cfg, self.agent.spec)
         self.max_actors = int(cfg.session.transitions.max_actors)
-        curve = CurveKeys.from_config(cfg.runtime.curve)
         self.inbox = Puller(
             address(cfg.runtime, "transitions"),
             schema={"transitions": transitions_schema(self.agent.spec.images)},

@@ -18,6 +18,12 @@ log = logging.getLogger(__name__)
 def offline_dataset_paths(cfg: DictConfig) -> list[Path]:
     """The configured datasets, or (simulated robot, none configured) scripted teleop data made on demand."""
     paths = [Path(p) for p in cfg.session.offline.datasets]
+    missing = [str(p) for p in paths if not (p / "meta" / "info.json").exists()]
+    if missing:  # before any loading starts: one line, not a traceback from deep in the reader
+        raise FileNotFoundError(
+            f"session.offline.datasets: not a LeRobotDataset (no meta/info.json): {', '.join(missing)}; "
+            "give each dataset's root folder"
+        )
     if paths:
         return paths
     if cfg.robot.type != "sim":

@@ -18,9 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -87,8 +89,14 @@ class RecorderProcess:
         self._error: str | None = None
         self._closed = False
         self.queued_episodes = self.saved_episodes = 0
+        # a socket file in a private (0700) folder: no other user's process can reach the episodes channel
+        self._ipc_dir = tempfile.mkdtemp(prefix="expo-recorder-")
         self._chan = Pair(
-            "tcp://127.0.0.1:*", STATUS, bind=True, hwm=MAX_PENDING, name=f"recorder:{self.root.name}"
+            f"ipc://{self._ipc_dir}/episodes",
+            STATUS,
+            bind=True,
+            hwm=MAX_PENDING,
+            name=f"recorder:{self.root.name}",
         )
         endpoint = self._chan.sock.last_endpoint.decode()
         settings = {"endpoint": endpoint, "root": str(self.root), "fps": int(fps), "features": features,
@@ -237,6 +245,7 @@ class RecorderProcess:
                 self._proc.kill()
                 self._proc.wait()
         self._chan.close()
+        shutil.rmtree(self._ipc_dir, ignore_errors=True)
 
 
 _DTYPES = {"state": np.float32, "action": np.float32, "reward": np.float32, "capture_time": np.float64,

@@ -225,7 +225,9 @@ class OperatorLoop:
             return self.client.reset(seed=self.seed, wait_s=RESET_WAIT_S)
 
     def _wait_for_clear(self) -> None:
-        log.warning("the e-stop is latched: press the clear_estop key (or send clear_estop) to go on")
+        log.warning(
+            "the e-stop is latched: press the clear_estop key (or clear_estop from a client with the operator key)"
+        )
         while not self.stop.is_set():
             self._check_driver()
             latest = self.client.latest_obs(timeout_s=0.2)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from expo_robot.transport.keys import curve_keys
 from expo_robot.transport.protocol import (
     MAX_CHUNK_ID,
     SEED_MAX,
@@ -110,11 +111,14 @@ class _Heartbeat(threading.Thread):
 
 
 class RobotClient:
-    def __init__(self, runtime_cfg: Mapping[str, Any], expected: RobotSpec | dict | None = None):
+    def __init__(
+        self, runtime_cfg: Mapping[str, Any], expected: RobotSpec | dict | None = None, role: str = "client"
+    ):
+        """role: client (a policy) or operator (the operator's console: its key may also clear an e-stop)."""
         self.runtime = runtime_cfg
         self.expected = expected
         self.client_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.curve = CurveKeys.from_config(runtime_cfg.get("curve"))
+        self.curve = curve_keys(runtime_cfg, role)
         self.obs_addr, self.cmd_addr = address(runtime_cfg, "obs"), address(runtime_cfg, "cmd")
         self.spec: RobotSpec | None = None
         self.latest: Observation | None = None
@@ -351,6 +355,7 @@ class RobotClient:
         self._cmd("estop", reason=reason)
 
     def clear_estop(self) -> None:
+        """Only from a client made with role="operator": the driver refuses (and counts) it from any other key."""
         self._cmd("clear_estop")
 
     # ---- teardown ----

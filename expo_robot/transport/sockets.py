@@ -3,16 +3,19 @@
 Every channel: LINGER=0 (closing never blocks), a high-water mark, non-blocking sends (a full queue drops and counts
 instead of stalling a control loop), a deadline on every receive, validation of every received message (bad ones
 are counted by reason, logged and dropped), a frame size limit (zmq.MAXMSGSIZE) from its schema, so ZeroMQ drops the
-connection of a peer that sends a larger frame before allocating it, and optional CurveZMQ encryption/authentication
-from config.
+connection of a peer that sends a larger frame before allocating it, and CurveZMQ encryption/authentication with an allow-list of client
+keys (the processes of a run always pass `curve=curve_keys(cfg.runtime)`, transport/keys.py). A bare socket is
+possible on loopback only (tests, benchmarks): binding beyond loopback without an allow-list is refused.
 
-    pub = Publisher(address(cfg.runtime, "obs"), schema=OBS)          # binds
-    sub = Subscriber(address(cfg.runtime, "obs"), schema=OBS)         # connects
+    pub = Publisher(address(cfg.runtime, "obs"), schema=OBS, curve=keys)   # binds
+    sub = Subscriber(address(cfg.runtime, "obs"), schema=OBS, curve=keys)  # connects
     msg = sub.recv(timeout_s=0.5)                                     # Message or None
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import logging
 import socket
 import time
@@ -66,12 +69,30 @@ def free_tcp_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a wildcard, a host name or an interface: may be reachable from other machines
+
+
+def _bind_host(addr: str) -> str | None:
+    """The host of a tcp:// address; None for other transports (inproc, ipc: not reachable from the network)."""
+    if not addr.startswith("tcp://"):
+        return None
+    return addr[len("tcp://") :].rsplit(":", 1)[0]
+
+
 @dataclass(frozen=True)
 class CurveKeys:
     """CurveZMQ keys. The binding side is the server; connecting sides need the server's public key.
 
     Key files are those written by `zmq.auth.create_certificates` (public `.key`, secret `.key_secret`).
-    `authorized_clients_dir`, when set on the server, limits access to the clients' public keys in that folder.
+    `authorized_clients_dir` (required on the server) is the allow-list: only the clients' public keys in that
+    folder may connect. `operator_keys_dir`: the public keys a driver accepts `clear_estop` from.
+    expo_robot/transport/keys.py makes and finds them (`curve_keys(runtime_cfg)`).
     """
 
     server_public_key_file: str
@@ -79,6 +100,7 @@ class CurveKeys:
     client_public_key_file: str | None = None
     client_secret_key_file: str | None = None
     authorized_clients_dir: str | None = None
+    operator_keys_dir: str | None = None
 
     @classmethod
     def from_config(cls, curve_cfg: Mapping[str, Any] | None) -> CurveKeys | None:
@@ -98,7 +120,35 @@ def _load_keys(path: str | None, secret: bool) -> tuple[bytes, bytes | None]:
         raise TransportError(f"cannot read CurveZMQ key file {path}: {e}") from e
 
 
-_authenticators: dict[int, Any] = {}  # one ZAP authenticator per context
+# one ZAP authenticator per context (by id), one ZAP domain per allow-list folder
+_authenticators: dict[int, Any] = {}
+
+
+def _allow_list_domain(ctx: zmq.Context, allow_dir: str) -> str:
+    """The ZAP domain whose clients are the public keys in allow_dir (read again for every new server socket, so a
+    restarted driver sees keys added since)."""
+    if not Path(allow_dir).is_dir():
+        raise TransportError(
+            f"allow-list folder {allow_dir} does not exist: add clients with `expo-robot keys`"
+        )
+    auth = _authenticators.get(id(ctx))
+    if auth is None or auth.context is not ctx:  # (an id is reused once its context is gone)
+        from zmq.auth.thread import ThreadAuthenticator
+
+        auth = ThreadAuthenticator(ctx)
+        auth.start()
+        _authenticators[id(ctx)] = auth
+    domain = "expo-" + hashlib.sha1(str(Path(allow_dir).resolve()).encode()).hexdigest()[:16]
+    auth.configure_curve(domain=domain, location=allow_dir)
+    return domain
+
+
+def close_context(ctx: zmq.Context) -> None:
+    """Stop the context's ZAP authenticator thread, then destroy the context (its sockets close, nothing lingers)."""
+    auth = _authenticators.pop(id(ctx), None)
+    if auth is not None and auth.context is ctx:
+        auth.stop()
+    ctx.destroy(linger=0)
 
 
 def _apply_curve(ctx: zmq.Context, sock: zmq.Socket, keys: CurveKeys, server: bool) -> None:
@@ -106,13 +156,9 @@ def _apply_curve(ctx: zmq.Context, sock: zmq.Socket, keys: CurveKeys, server: bo
         public, secret = _load_keys(keys.server_secret_key_file, secret=True)
         if secret is None:
             raise TransportError(f"{keys.server_secret_key_file} holds no secret key")
-        if keys.authorized_clients_dir and id(ctx) not in _authenticators:
-            from zmq.auth.thread import ThreadAuthenticator
-
-            auth = ThreadAuthenticator(ctx)
-            auth.start()
-            auth.configure_curve(domain="*", location=str(Path(keys.authorized_clients_dir)))
-            _authenticators[id(ctx)] = auth
+        if not keys.authorized_clients_dir:  # CurveZMQ alone encrypts for anyone: an allow-list authorises
+            raise TransportError("runtime.curve needs authorized_clients_dir (the allow-list of client keys)")
+        sock.zap_domain = _allow_list_domain(ctx, keys.authorized_clients_dir).encode()
         sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
         return
     server_public, _ = _load_keys(keys.server_public_key_file, secret=False)
@@ -120,6 +166,22 @@ def _apply_curve(ctx: zmq.Context, sock: zmq.Socket, keys: CurveKeys, server: bo
     if secret is None:
         raise TransportError(f"{keys.client_secret_key_file} holds no secret key")
     sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, public, secret
+
+
+def _refuse_open_bind(addr: str, curve: CurveKeys | None) -> None:
+    host = _bind_host(addr)
+    if host is not None and not is_loopback(host) and (curve is None or not curve.authorized_clients_dir):
+        raise TransportError(
+            f"refusing to bind {addr} without CurveZMQ and an allow-list of client keys: make keys with "
+            "`expo-robot keys init` (README, Security), or bind runtime.host=127.0.0.1"
+        )
+
+
+def _user_id(frame: zmq.Frame) -> str:
+    try:
+        return frame.get("User-Id")
+    except zmq.ZMQError:  # no ZAP handler answered for this connection
+        return ""
 
 
 class Channel:
@@ -152,7 +214,11 @@ class Channel:
         self.sock.sndhwm = self.sock.rcvhwm = hwm
         self.sock.maxmsgsize = self.max_frame_bytes()
         binds = self.binds if bind is None else bind
+        # a server with an allow-list learns who sent each message (the client's z85 public key: Message.sender)
+        self._reads_sender = binds and curve is not None
         try:
+            if binds:
+                _refuse_open_bind(addr, curve)
             if curve is not None:
                 _apply_curve(self._ctx, self.sock, curve, server=binds)
             self._setup()
@@ -235,6 +301,8 @@ class Channel:
         self.counters["received"] += 1
         try:
             msg = decode(frames, self.schema)
+            if self._reads_sender:
+                msg.sender = _user_id(frames[0])
             if self.check is not None:
                 self.check(msg)
         except WireError as e:

@@ -94,6 +94,7 @@ class Message:
     meta: dict
     arrays: dict[str, np.ndarray]
     wall: float = 0.0
+    sender: str = ""  # the sender's CurveZMQ public key (z85), when the receiving socket has an allow-list
 
 
 @dataclass(frozen=True)

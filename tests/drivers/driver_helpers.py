@@ -12,6 +12,7 @@ from pathlib import Path
 
 from drivers.server import Driver
 from expo_robot.config import load_config
+from expo_robot.transport.keys import curve_keys
 from expo_robot.transport.protocol import client_inbox
 from expo_robot.transport.sockets import Subscriber, address, free_tcp_ports
 
@@ -91,7 +92,9 @@ def driver_process(*overrides: str, log_path: Path | None = None):
 
 def observer(cfg) -> Subscriber:
     """A passive subscriber to the driver's observations (it sends nothing, so it never keeps a driver alive)."""
-    return Subscriber(address(cfg.runtime, "obs"), client_inbox(), name="test.observer")
+    return Subscriber(
+        address(cfg.runtime, "obs"), client_inbox(), curve=curve_keys(cfg.runtime), name="test.observer"
+    )
 
 
 def wait_for(pred, timeout_s: float, what: str, interval_s: float = 0.005):

@@ -17,7 +17,9 @@ from hypothesis.extra import numpy as hnp
 from drivers.clock import FakeClock
 from drivers.server import Driver
 from expo_robot.transport import RobotClient
+from expo_robot.transport.keys import curve_keys
 from expo_robot.transport.protocol import OPS, check_command, driver_inbox
+from expo_robot.transport.sockets import Pusher, address
 from expo_robot.transport.wire import (
     PROTOCOL_VERSION,
     Message,
@@ -142,9 +144,9 @@ def fuzz(tmp_path, count: int) -> None:
     cfg = make_cfg(tmp_path, "task.max_episode_steps=1000000000", "safety.max_episode_steps=1000000000")
     ctx = zmq.Context()
     with running_driver(cfg) as driver:
-        push = ctx.socket(zmq.PUSH)
-        push.linger, push.sndtimeo = 0, 10_000  # block (never drop) so every message reaches the driver
-        push.connect(f"tcp://127.0.0.1:{cfg.runtime.cmd_port}")
+        # an authorised client's socket (its keys are in the allow-list), used raw
+        push = Pusher(address(cfg.runtime, "cmd"), curve=curve_keys(cfg.runtime), ctx=ctx).sock
+        push.sndtimeo = 10_000  # block (never drop) so every message reaches the driver
         reasons = Counter()
         for i in range(count):
             frames = random_message(rng)

@@ -12,6 +12,7 @@ from drivers.clock import FakeClock
 from drivers.server import Driver
 from expo_robot.config import load_config
 from expo_robot.transport import EStopLatchedError, HandshakeError, PeerTimeoutError, RobotClient
+from expo_robot.transport.keys import curve_keys
 from expo_robot.transport.sockets import Publisher, address, free_tcp_ports
 from expo_robot.transport.wire import Message, encode, read_header, write_header
 
@@ -96,8 +97,8 @@ def test_episode_end_holds_until_reset(tmp_path):
 
 
 def test_estop_latches_until_explicit_clear(tmp_path):
-    cfg = make_cfg(tmp_path)
-    with running_driver(cfg) as driver, RobotClient(cfg.runtime) as robot:
+    cfg = make_cfg(tmp_path)  # the operator's console: only its key may clear the e-stop over the socket
+    with running_driver(cfg) as driver, RobotClient(cfg.runtime, role="operator") as robot:
         robot.connect(10)
         obs = robot.reset(wait_s=30)
         robot.estop("operator pressed the key")
@@ -204,7 +205,7 @@ def test_protocol_version_mismatch_fails_at_handshake(tmp_path):
     frames = encode("spec", meta={"state_dim": 21, "action_dim": 4, "fps": 10.0, "mode": "lockstep"})
     header = read_header(frames[0])
     header["v"] = 99
-    with Publisher(address(cfg.runtime, "obs")) as fake_driver:
+    with Publisher(address(cfg.runtime, "obs"), curve=curve_keys(cfg.runtime)) as fake_driver:
         stop = threading.Event()
 
         def spam() -> None:

@@ -27,7 +27,7 @@ def test_default_sim_setup_passes(capsys):
     cfg = load_config(port_overrides(free_tcp_ports(4)))
     assert check.main(cfg, []) == 0
     out = capsys.readouterr().out
-    for name in ("robot connect", "safety limits", "port obs", "policy step"):
+    for name in ("robot connect", "safety limits", "port obs", "keys", "policy step"):
         assert name in out
     assert "FAIL" not in out
 

@@ -10,6 +10,7 @@ import pytest
 
 from expo_robot.observe.metrics import read_metrics
 from expo_robot.runtime.checkpoint import load_checkpoint
+from expo_robot.transport.keys import curve_keys
 from expo_robot.transport.protocol import client_inbox
 from expo_robot.transport.sockets import Subscriber
 
@@ -64,7 +65,8 @@ def test_killed_actor_leaves_robot_held_and_learner_waiting(processes, tmp_path)
 
     # A bare subscriber, not a RobotClient: a client's heartbeats would count as a live policy.
     obs_port = int(robot[0].split("=")[1])
-    with Subscriber(f"tcp://127.0.0.1:{obs_port}", schema=client_inbox()) as sub:
+    keys = curve_keys({"host": "127.0.0.1"})
+    with Subscriber(f"tcp://127.0.0.1:{obs_port}", schema=client_inbox(), curve=keys) as sub:
         held = processes.wait_for(
             lambda: (
                 (m := sub.recv(1.0)) is not None

@@ -16,6 +16,7 @@ from expo_robot.transport.sockets import (
     Subscriber,
     TransportError,
     address,
+    close_context,
 )
 from expo_robot.transport.wire import FieldSpec, Schema
 
@@ -123,6 +124,6 @@ def test_curve_encrypts_and_rejects_unknown_clients(tmp_path):
                 assert msg is not None and msg.meta["i"] == 2
                 assert pull.recv(0.3) is None
     finally:
-        ctx.destroy(linger=0)
+        close_context(ctx)
     with pytest.raises(TransportError, match="key file"):
         Pusher(a, curve=CurveKeys(server_public_key_file=str(tmp_path / "missing.key")))
