@@ -177,7 +177,9 @@ def _refuse_open_bind(addr: str, curve: CurveKeys | None) -> None:
         )
 
 
-def _user_id(frame: zmq.Frame) -> str:
+def _user_id(frame: zmq.Frame | bytes) -> str:
+    if not isinstance(frame, zmq.Frame):  # copied bytes carry no connection metadata
+        return ""
     try:
         return frame.get("User-Id")
     except zmq.ZMQError:  # no ZAP handler answered for this connection

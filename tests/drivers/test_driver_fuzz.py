@@ -292,8 +292,9 @@ def hypothesis_fuzz(tmp_path, mode: str, examples: int) -> None:
     @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(STEP, min_size=1, max_size=12))
     def run(steps) -> None:
+        operator = next(iter(driver.operators))  # the operator's key: only it may clear an e-stop
         for op in ("clear_estop", "reset"):  # each example starts from an ordinary episode
-            driver._handle(Message("cmd", 0, 0.0, {"op": op, "client": "actor"}, {}))
+            driver._handle(Message("cmd", 0, 0.0, {"op": op, "client": "actor"}, {}, sender=operator))
         for message, sender_heartbeats, dt in steps:
             msg = driver.inbox._validate(as_frames(message, driver.now()), raise_invalid=False)
             stats["accepted" if msg is not None else "dropped"] += 1

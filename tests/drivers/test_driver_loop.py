@@ -13,7 +13,7 @@ from drivers.server import Driver
 from expo_robot.config import load_config
 from expo_robot.transport import EStopLatchedError, HandshakeError, PeerTimeoutError, RobotClient
 from expo_robot.transport.keys import curve_keys
-from expo_robot.transport.sockets import Publisher, address, free_tcp_ports
+from expo_robot.transport.sockets import Publisher, Pusher, address, free_tcp_ports
 from expo_robot.transport.wire import Message, encode, read_header, write_header
 
 pytestmark = pytest.mark.timeout(60)
@@ -535,11 +535,11 @@ def test_hostile_values_are_counted_by_reason_and_dropped(tmp_path):
 
     cfg = make_cfg(tmp_path)
     ctx = zmq.Context()
-    with running_driver(cfg) as driver, RobotClient(cfg.runtime) as robot, ctx.socket(zmq.PUSH) as push:
+    with running_driver(cfg) as driver, RobotClient(cfg.runtime) as robot:
         robot.connect(10)
         first = robot.reset(seed=0, wait_s=30)
-        push.linger = 0
-        push.connect(address(cfg.runtime, "cmd"))
+        # an authorised client's socket (its key is in the allow-list), used raw to send what RobotClient refuses
+        push = Pusher(address(cfg.runtime, "cmd"), curve=curve_keys(cfg.runtime), ctx=ctx).sock
         for msg_type, meta, actions, _ in HOSTILE:
             push.send_multipart(encode(msg_type, {"actions": actions} if actions is not None else {}, meta))
         push.send_multipart(encode("heartbeat", meta={"client": "h"}, seq=-1))  # counters never go negative
