@@ -3,14 +3,17 @@
     expo-robot learner runtime.host=0.0.0.0            # alone, e.g. on a GPU server; actors connect to it
 
 Updates are paced by data: every H env steps received earn `session.updates_per_chunk` calls of `agent.update`
-(each does the agent's UTD critic steps). Status messages (every 0.2 s) tell actors how far training has got, which
-batches are stored and which are safe in a checkpoint, so a lock-step session does not depend on machine speed and a
-restarted learner gets back every transition its checkpoint lacks.
+(each does the agent's UTD critic steps). Status messages tell actors how far training has got, which batches are
+stored and which are safe in a checkpoint, so a lock-step session does not depend on machine speed and a restarted
+learner gets back every transition its checkpoint lacks. The main loop publishes a status after every update and
+receipt; a heartbeat thread repeats the newest one every STATUS_EVERY_S while an update, a checkpoint or pretraining
+keeps the loop busy, so an actor tells a slow learner (alive, working) from a lost one however long an update takes.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -34,7 +37,7 @@ from expo_robot.runtime.offline import load_offline_transitions, offline_dataset
 from expo_robot.transport.sockets import CurveKeys, Publisher, Puller, address
 
 log = logging.getLogger(__name__)
-STATUS_EVERY_S = 0.2
+STATUS_EVERY_S = 0.2  # the heartbeat: actors count a learner lost after session.learner_timeout_s without one
 WEIGHTS_REPEAT_S = (
     1.0  # the newest weights are re-sent this often: late joiners and restarted actors get them
 )
@@ -81,6 +84,10 @@ class Learner:
             curve=curve,
         )
         self.outbox = Publisher(address(cfg.runtime, "weights"), hwm=4, curve=curve)
+        self._outbox_lock = threading.Lock()  # the main loop and the heartbeat thread share the socket
+        self._status_meta = self._status()
+        self._last_status = -math.inf
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="learner-heartbeat", daemon=True)
 
     # ---- set-up ----
     def _setup_data_and_agent(self) -> None:
@@ -151,28 +158,36 @@ class Learner:
 
     # ---- loop ----
     def run(self) -> int:
-        last_status = last_weights = 0.0
+        last_weights = 0.0
         log.info(
             "learner %s ready: offline %d transitions, online %d",
             self.id,
             len(self.offline),
             len(self.online),
         )
+        self._heartbeat.start()
         while not self.stop.is_set():
             got = self._receive(timeout_s=0.0 if self.earned >= 1 else 0.05)
-            if self.earned >= 1 and len(self.online) > 0:
+            updated = self.earned >= 1 and len(self.online) > 0
+            if updated:
                 self._update()
-            now = time.monotonic()
-            if got or now - last_status > STATUS_EVERY_S:
+            if got or updated:
                 self._publish_status()
-                last_status = now
+            now = time.monotonic()
             if self.weights_dirty or now - last_weights > WEIGHTS_REPEAT_S:
+                # idle with weights older than its last update (e.g. the end of a budget): the newest go out
+                self.weights_dirty |= self.earned < 1 and self._weights_version < self.updates
                 self._publish_weights()
                 last_weights = now
         self.checkpoint()
         self._publish_status()
         self.close()
         return 0
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stop.wait(STATUS_EVERY_S / 2):
+            if time.monotonic() - self._last_status >= STATUS_EVERY_S:
+                self._send_status()
 
     def _receive(self, timeout_s: float) -> bool:
         got = False
@@ -236,20 +251,34 @@ class Learner:
             self._weights_version = self.updates
             self.weights_dirty = False
         arrays, meta = self._weights
-        self.outbox.send("weights", arrays, {**meta, "version": self._weights_version, "learner": self.id})
+        with self._outbox_lock:
+            self.outbox.send(
+                "weights", arrays, {**meta, "version": self._weights_version, "learner": self.id}
+            )
 
-    def _publish_status(self) -> None:
-        meta = {
+    def _status(self) -> dict:
+        return {
             "learner": self.id,
             "updates": self.updates,
+            "pending_updates": int(self.earned),  # earned and not done yet (0: the learner has caught up)
             "env_steps": self.env_steps,
             "trained_steps": self.trained_steps,
             "online": len(self.online),
             "offline": len(self.offline),
-            "received": self.received,
-            "acked": self.acked,
+            "received": dict(self.received),
+            "acked": dict(self.acked),
         }
-        self.outbox.send("status", None, meta)
+
+    def _publish_status(self) -> None:
+        """A status of the counters as they stand now (built on the main thread, so it is consistent), sent now and
+        repeated by the heartbeat thread while the loop is busy."""
+        self._status_meta = self._status()
+        self._send_status()
+
+    def _send_status(self) -> None:
+        with self._outbox_lock:
+            self.outbox.send("status", None, self._status_meta)
+            self._last_status = time.monotonic()
 
     def checkpoint(self) -> Path:
         counters = {
@@ -276,8 +305,12 @@ class Learner:
         return OmegaConf.to_yaml(self.cfg, resolve=True)
 
     def close(self) -> None:
+        self.stop.set()
+        if self._heartbeat.is_alive():
+            self._heartbeat.join(timeout=5)
         self.inbox.close()
-        self.outbox.close()
+        with self._outbox_lock:
+            self.outbox.close()
         self.metrics.close()
 
 
