@@ -348,11 +348,15 @@ class Actor:
         return summary
 
     def evaluate(self, n: int, label: str) -> dict:
-        results = [
-            self.run_episode("eval", learn=False, seed=EVAL_SEED_OFFSET + i)
-            for i in range(n)
-            if not self.stop.is_set()
-        ]
+        results: list[EpisodeResult] = []
+        for i in range(n):
+            if self.stop.is_set():
+                break
+            results.append(self.run_episode("eval", learn=False, seed=EVAL_SEED_OFFSET + i))
+            self.metrics.log(  # for the live status
+                self.env_steps, "eval", **{"eval/label": label, "eval/done": i + 1, "eval/of": n,
+                                           "eval/successes_so_far": sum(r.success for r in results)},
+            )  # fmt: skip
         successes = sum(r.success for r in results)
         lat = latency_summary([x for r in results for x in r.latencies_ms]) if results else {}
         self.metrics.log(

@@ -67,11 +67,14 @@ class Proc:
 
 @dataclass
 class MetricsTail:
-    """Reads the lines appended to metrics.jsonl since the last call (for the live status)."""
+    """Reads the lines appended to metrics.jsonl since the last call (for the live status). `phase`, first in the
+    status, says what the session is doing and how far it has got, from its first second: starting, seed data,
+    pretraining, evaluation before, fine-tuning, evaluation after."""
 
     path: Path
+    env_steps_budget: int | None = None
     offset: int = 0
-    latest: dict = field(default_factory=dict)
+    latest: dict = field(default_factory=lambda: {"phase": "starting the driver, the learner and the actor"})
 
     def poll(self) -> dict:
         if not self.path.exists():
@@ -91,6 +94,8 @@ class MetricsTail:
 
     def _absorb(self, rec: dict) -> None:
         s = self.latest
+        if (phase := self._phase(rec)) is not None:
+            s["phase"] = phase
         if rec.get("source") == "actor" and M.EPISODE_SUCCESS in rec:
             s["episodes"] = s.get("episodes", 0) + 1
             s["successes"] = s.get("successes", 0) + int(rec[M.EPISODE_SUCCESS] > 0.5)
@@ -107,8 +112,34 @@ class MetricsTail:
                 s["buffer"] = rec[M.BUFFER_SIZE]
             if "critic/loss" in rec:
                 s["critic loss"] = rec["critic/loss"]
-        if rec.get("source") == "eval":
+        if rec.get("source") == "eval" and M.EVAL_EPISODES in rec:
             s[f"eval {rec.get('eval/label', '')}"] = f"{rec.get(M.EVAL_SUCCESSES)}/{rec.get(M.EVAL_EPISODES)}"
+
+    def _phase(self, rec: dict) -> str | None:
+        source = rec.get("source")
+        if source == "learner" and "seed/episodes" in rec:
+            return (
+                f"seed data {rec['seed/episodes']}/{rec['seed/total']} episodes "
+                f"({rec['seed/successes']} successful)"
+            )
+        if source == "learner" and "pretrain/step" in rec:
+            loss = next((v for k, v in rec.items() if k.endswith("loss") and isinstance(v, float)), None)
+            tail = f", loss {loss:.3f}" if loss is not None else ""
+            return f"pretraining {rec['pretrain/step']:,}/{rec.get('pretrain/steps', '?'):,} steps{tail}"
+        if source == "eval" and "eval/done" in rec:
+            return (
+                f"evaluation {rec['eval/label']} {rec['eval/done']}/{rec['eval/of']} episodes "
+                f"({rec['eval/successes_so_far']} successful)"
+            )
+        if source == "eval" and rec.get("eval/label") == "before" and M.EVAL_EPISODES in rec:
+            return self._fine_tuning(0)
+        if source == "actor" and M.EPISODE_SUCCESS in rec:
+            return self._fine_tuning(rec["step"])
+        return None
+
+    def _fine_tuning(self, env_steps: int) -> str:
+        budget = f"/{self.env_steps_budget:,}" if self.env_steps_budget else ""
+        return f"fine-tuning {env_steps:,}{budget} env steps"
 
 
 class Launcher:
@@ -145,7 +176,7 @@ class Launcher:
         self.start("driver", operator_terminal(self.cfg, sys.stdin))
         self.start("learner")
         self.start("actor", ["actor_id=actor-0"])
-        tail = MetricsTail(self.run_dir / M.METRICS_FILE)
+        tail = MetricsTail(self.run_dir / M.METRICS_FILE, int(self.cfg.session.env_steps))
         code = 0
         with LiveStatus(self.cfg.get("live", "auto"), title="finetune") as live:
             try:

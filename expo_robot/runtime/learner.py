@@ -93,7 +93,7 @@ class Learner:
     def _setup_data_and_agent(self) -> None:
         cfg = self.cfg
         offline, self.offline_summary = load_offline_transitions(
-            offline_dataset_paths(cfg),
+            offline_dataset_paths(cfg, on_episode=self._seed_progress),
             cfg.agent.chunk,
             self.gamma,
             configured_shapes(cfg.get("cameras")),
@@ -118,17 +118,24 @@ class Learner:
             elif cfg.session.pretrain_steps > 0:
                 self._pretrain(int(cfg.session.pretrain_steps))
 
+    def _seed_progress(self, done: int, total: int, successes: int) -> None:
+        """Scripted seed data being made (sim, first run): for the live status."""
+        self.metrics.log(
+            0, "learner", **{"seed/episodes": done, "seed/total": total, "seed/successes": successes}
+        )
+
     def _pretrain(self, steps: int) -> None:
         log.info(
             "pretraining the base policy by imitation: %d steps on %d transitions", steps, len(self.offline)
         )
         t0 = time.monotonic()
 
-        def progress(step: int, info: dict) -> None:
+        def progress(step: int, info: dict) -> None:  # every 100 steps: the live status and the curves
+            self.metrics.log(
+                0, "learner", **{f"pretrain/{k}": v for k, v in info.items()},
+                **{"pretrain/step": step, "pretrain/steps": steps},
+            )  # fmt: skip
             if step % max(1, steps // 10) == 0:
-                self.metrics.log(
-                    0, "learner", **{f"pretrain/{k}": v for k, v in info.items()}, **{"pretrain/step": step}
-                )
                 log.info("pretrain %d/%d %s", step, steps, {k: round(float(v), 4) for k, v in info.items()})
 
         self.agent.pretrain(self.offline, steps, progress=progress)
