@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from drivers.cameras import configured_shapes
@@ -711,8 +710,7 @@ class Actor:
 def main(cfg: DictConfig, words: list[str]) -> int:
     """`expo-robot actor`: run episodes until the env-step budget is spent (or SIGINT/SIGTERM)."""
     run_dir = make_run_dir(cfg, "actor")
-    scheduling.apply(cfg.runtime, "actor")
-    torch.set_num_threads(1)  # the policy step is small; a second thread only adds jitter on 2 cores
+    scheduling.apply(cfg.runtime, "actor")  # priority and threads: one (the step is small; more add jitter)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -27,7 +27,7 @@ from expo_robot.observe import metrics as M
 from expo_robot.observe.live import LiveStatus
 from expo_robot.observe.report import write_finetune_report
 from expo_robot.observe.summary import rate
-from expo_robot.runtime.scheduling import die_with_parent
+from expo_robot.runtime.scheduling import die_with_parent, thread_env
 
 log = logging.getLogger(__name__)
 STOP_ORDER = ("driver", "actor", "learner")  # robot safe first, checkpoint last
@@ -117,6 +117,8 @@ class MetricsTail:
 
     def _phase(self, rec: dict) -> str | None:
         source = rec.get("source")
+        if isinstance(rec.get("phase"), str):  # a process names what it does (e.g. the learner loading data)
+            return rec["phase"]
         if source == "learner" and "seed/episodes" in rec:
             return (
                 f"seed data {rec['seed/episodes']}/{rec['seed/total']} episodes "
@@ -161,7 +163,8 @@ class Launcher:
             *(extra or []),
         ]
         log_path = self.run_dir / f"{name}.out"
-        env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "PYTHONUNBUFFERED": "1",
+               **thread_env(self.cfg.runtime, name)}  # fmt: skip
         with log_path.open("ab") as out:
             popen = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_detach_and_follow

@@ -21,7 +21,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from drivers.cameras import configured_shapes
@@ -92,6 +91,7 @@ class Learner:
     # ---- set-up ----
     def _setup_data_and_agent(self) -> None:
         cfg = self.cfg
+        self.metrics.log(0, "learner", phase="learner: loading the offline data")
         offline, self.offline_summary = load_offline_transitions(
             offline_dataset_paths(cfg, on_episode=self._seed_progress),
             cfg.agent.chunk,
@@ -166,6 +166,7 @@ class Learner:
     # ---- loop ----
     def run(self) -> int:
         last_weights = 0.0
+        self.metrics.log(self.env_steps, "learner", phase="learner ready: the actor starts")
         log.info(
             "learner %s ready: offline %d transitions, online %d",
             self.id,
@@ -324,8 +325,7 @@ class Learner:
 def main(cfg: DictConfig, words: list[str]) -> int:
     """`expo-robot learner`: run the learner until SIGINT/SIGTERM, then checkpoint."""
     run_dir = make_run_dir(cfg, "learner")
-    scheduling.apply(cfg.runtime, "learner")
-    torch.set_num_threads(max(1, int(cfg.get("learner_threads", 1))))
+    scheduling.apply(cfg.runtime, "learner")  # priority and threads (runtime.scheduling.learner)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -18,6 +18,7 @@ def test_the_phase_and_its_progress_from_the_first_second(tmp_path):
         return tail.poll()["phase"]
 
     phases += [
+        phase_after(0, "learner", phase="learner: loading the offline data"),
         phase_after(0, "learner", **{"seed/episodes": 5, "seed/total": 50, "seed/successes": 2}),
         phase_after(0, "learner", **{"pretrain/step": 1200, "pretrain/steps": 3000, "pretrain/base/loss": 0.8123}),
         phase_after(0, "eval", **{"eval/label": "before", "eval/done": 3, "eval/of": 20, "eval/successes_so_far": 1}),
@@ -28,6 +29,7 @@ def test_the_phase_and_its_progress_from_the_first_second(tmp_path):
     metrics.close()
     assert phases == [
         "starting the driver, the learner and the actor",
+        "learner: loading the offline data",
         "seed data 5/50 episodes (2 successful)",
         "pretraining 1,200/3,000 steps, loss 0.812",
         "evaluation before 3/20 episodes (1 successful)",
