@@ -56,7 +56,7 @@ COMMANDS: dict[str, Command] = {
     "check": Command(
         "preflight: devices, calibration, limits, ports, latency", "expo_robot.runtime.check:main"
     ),
-    "bench": Command("benchmarks: learning | transport | policy", "expo_robot.bench:main"),
+    "bench": Command("benchmarks: learning | transport | policy | threads", "expo_robot.bench:main"),
     "driver": Command("run only the robot driver process (multi-machine runs)", "drivers.server:main"),
     "actor": Command("run only the policy process (multi-machine runs)", "expo_robot.runtime.actor:main"),
     "learner": Command(

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "learning": "expo_robot.bench.learning:run",
     "transport": "expo_robot.bench.transport:run",
     "policy": "expo_robot.bench.policy:run",
+    "threads": "expo_robot.bench.threads:run",
 }
 RESULTS_DIR = Path("benchmarks/results")
 

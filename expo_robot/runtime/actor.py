@@ -674,24 +674,23 @@ class Actor:
         return False
 
     def _wait_for_learner_to_finish(self, store_timeout_s: float = 30.0) -> None:
-        """The budget is spent: the learner must store every batch; in lock-step it also does every update they
-        earned and we load the weights of the last one, so the evaluation after does not depend on machine speed.
-        A lost learner ends the wait (as on_learner_loss says)."""
+        """The budget is spent: the learner must store every batch (waited for up to `store_timeout_s`); in
+        lock-step it also does every update they earned and we load the weights of the last one (waited for as long
+        as it answers), so the evaluation after does not depend on machine speed."""
         lockstep = self.robot.spec.mode == "lockstep"
-        deadline = time.monotonic() + store_timeout_s
         t0 = time.monotonic()
         while not self.stop.is_set():
             self.link.poll()
-            if lockstep and self.link.caught_up():
+            waiting_for_updates = lockstep and self._learner_answers()
+            if waiting_for_updates and self.link.caught_up():
                 self._load_weights()
                 log.info(
                     "%s: the learner finished the budget's %d updates (waited %.1f s)",
                     self.id, int(self.link.status.get("updates", 0)), time.monotonic() - t0,
                 )  # fmt: skip
                 return
-            if not lockstep and (self.link.unreceived() <= 0 or time.monotonic() > deadline):
-                return
-            if lockstep and not self._learner_answers():
+            stored = self.link.unreceived() <= 0
+            if not waiting_for_updates and (stored or time.monotonic() - t0 > store_timeout_s):
                 return
             time.sleep(0.05)
 
