@@ -2,6 +2,7 @@
 not lost. It announces itself while it works, so the actor waits for it and the session buys the same updates per
 env step as with a fast learner. Driver (fake robot), learner and actor run on threads of this process."""
 
+import logging
 import threading
 import time
 
@@ -87,3 +88,22 @@ def test_a_learner_timeout_shorter_than_its_heartbeats_is_a_config_error(tmp_pat
     cfg = session_cfg(tmp_path, seed_data, "session.learner_timeout_s=0.05")
     with pytest.raises(ConfigError, match=r"session\.learner_timeout_s=0\.05 is shorter than five"):
         Actor(cfg, tmp_path, "a0", learn=True)
+
+
+def test_the_actor_says_when_it_stops_waiting_for_a_lost_learner_and_when_it_is_back(
+    tmp_path, seed_data, caplog
+):
+    actor = Actor(session_cfg(tmp_path, seed_data), tmp_path, "a0", learn=True)
+    try:
+        with caplog.at_level(logging.INFO, logger="expo_robot.runtime.actor"):
+            actor.link.seen = time.monotonic() - 2.5  # no status for 2.5 s, timeout 1 s
+            assert not actor._learner_answers() and not actor._learner_answers()
+            actor.link.seen = time.monotonic()
+            assert actor._learner_answers()
+    finally:
+        actor.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "expo_robot.runtime.actor"]
+    assert len(said) == 2, said  # once when it is lost, once when it is back
+    assert "learner lost: no status for 2.5 s (session.learner_timeout_s=1;" in said[0]
+    assert "without waiting for it (session.on_learner_loss=continue)" in said[0]
+    assert "the learner answers again" in said[1]
