@@ -10,7 +10,10 @@ Observations carry t, the time the state was produced (in real time the schedule
 so a slow step does not push the answer a tick late); a policy answering it sends t0 = obs.t + 1/fps (the next tick).
 - realtime: the driver clock is the monotonic clock; one tick per period; no due step -> hold.
 - lockstep: the driver clock is virtual (executed steps / fps). The simulator steps as soon as a step is due at the
-  current virtual time, otherwise the driver waits for commands. The watchdog still runs on the wall clock.
+  current virtual time, otherwise the driver waits for commands. The watchdog still runs on the wall clock, but a
+  watchdog hold changes nothing the episode does (no virtual time passes, the start-up guard is not re-armed): the
+  same seed and commands give the same steps under any load. Only its safe state (a policy silent for
+  watchdog_safe_state_s) ends an episode, as a recorded stop.
 Commands: their values are checked as they are read (protocol.check_command; a bad one is counted in the inbox's
 `invalid.<reason>` and dropped). The watchdog follows the sender of the chunk being executed: hold when that client
 is silent, whatever other clients send; with no chunk, any client keeps the driver out of the safe state. Any
@@ -314,7 +317,11 @@ class Driver:
             self.robot.safe_state()
             self.chunk = None
         elif state == "ok":
-            self.filter.arm(self.robot.hold_action(self.last_action))
+            # Real time: the robot held while the policy was silent, so its next command starts from the hold
+            # command, behind the start-up guard. Lock-step: no virtual time passed and nothing moved, so a hold
+            # (a policy slowed by load, or waiting for its learner) must leave no trace in the episode.
+            if self.mode == "realtime":
+                self.filter.arm(self.robot.hold_action(self.last_action))
             # (out of a hold through the operator's device: a silent sender's chunk is not resumed)
             alive_after = self.clock.now() - self.monitor.hold_after_s
             if self.chunk is not None and self.chunk.last_heard < alive_after:

@@ -56,7 +56,9 @@ COMMANDS: dict[str, Command] = {
     "check": Command(
         "preflight: devices, calibration, limits, ports, latency", "expo_robot.runtime.check:main"
     ),
-    "bench": Command("benchmarks: learning | transport | policy | learner | render", "expo_robot.bench:main"),
+    "bench": Command(
+        "benchmarks: learning | transport | policy | learner | render | threads", "expo_robot.bench:main"
+    ),
     "keys": Command("CurveZMQ keys: init | show | client NAME | allow KEY", "expo_robot.transport.keys:main"),
     "driver": Command("run only the robot driver process (multi-machine runs)", "drivers.server:main"),
     "actor": Command("run only the policy process (multi-machine runs)", "expo_robot.runtime.actor:main"),

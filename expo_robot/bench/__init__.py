@@ -20,6 +20,7 @@ BENCHMARKS = {
     "policy": "expo_robot.bench.policy:run",
     "learner": "expo_robot.bench.learner:run",
     "render": "expo_robot.bench.render:run",
+    "threads": "expo_robot.bench.threads:run",
 }
 RESULTS_DIR = Path("benchmarks/results")
 

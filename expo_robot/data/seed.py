@@ -73,13 +73,15 @@ def ensure_seed_dataset(
     root: str | Path = "data/seed",
     workers: int = 1,
     cameras: list | None = None,
+    on_episode: Callable[[int, int, int], None] | None = None,
 ) -> Path:
     """Path of the seed dataset for these arguments, generating it first if it is not cached yet.
 
     `sigma=None` takes the task's default (DEFAULT_SIGMA, ~40% success). `workers` > 1 runs the simulator in that
     many spawned processes (the data do not depend on it; the calling script needs an `if __name__ == "__main__"`
     guard, as for any spawned multiprocessing). `cameras` (configs/cameras `list` entries of type sim) renders each
-    state's frame into the dataset (~0.5 s a frame here: keep such seed sets small).
+    state's frame into the dataset (~0.5 s a frame here: keep such seed sets small). `on_episode(done, total,
+    successes)` is called after each generated episode (a live status).
     """
     if sigma is None:
         sigma = default_sigma(robot_cfg)
@@ -94,7 +96,9 @@ def ensure_seed_dataset(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
-        summary = generate_seed_dataset(robot_cfg, task_cfg, episodes, sigma, seed, tmp, workers, cameras)
+        summary = generate_seed_dataset(
+            robot_cfg, task_cfg, episodes, sigma, seed, tmp, workers, cameras, on_episode
+        )
         (tmp / INFO_FILE).write_text(json.dumps(summary, indent=2))
         try:
             tmp.rename(path)
@@ -127,6 +131,7 @@ def generate_seed_dataset(
     out: Path,
     workers: int = 1,
     cameras: list | None = None,
+    on_episode: Callable[[int, int, int], None] | None = None,
 ) -> dict:
     """Record `episodes` scripted-operator episodes into a new LeRobotDataset at `out`; return a summary."""
     robot, task_plain, cameras = _plain(robot_cfg), _plain(task_cfg), _plain(cameras) or []
@@ -140,10 +145,12 @@ def generate_seed_dataset(
             task=str(task_plain.get("description", "")), robot_type=str(robot.get("name")), durable=False,
         )  # fmt: skip
         with _progress(episodes, f"seed data {robot.get('name')} sigma={sigma:g}") as advance:
-            for ep in source:
+            for done, ep in enumerate(source, 1):
                 _write(writer, ep)
                 steps, successes = steps + len(ep.actions), successes + bool(ep.success[-1])
                 advance(bool(ep.success[-1]))
+                if on_episode is not None:
+                    on_episode(done, episodes, successes)
         writer.close()
     seconds = time.monotonic() - t0
     return {

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import sys
 import threading
@@ -143,10 +144,11 @@ class LiveStatus:
         self._lock = threading.Lock()
         self._live: Live | None = None
         self._logs: contextlib.ExitStack | None = None
-        self._started = self._last_line = clock()
+        self._started, self._last_line = clock(), -math.inf
 
     def update(self, **fields: Any) -> None:
-        """Set fields (thread-safe). In plain mode, logs a line when `every_s` has passed since the last one."""
+        """Set fields (thread-safe). In plain mode, logs a line at the first update (an operator sees at once what
+        runs), then when `every_s` has passed since the last one."""
         with self._lock:
             self._fields.update(fields)
             due = self._clock() - self._last_line >= self.every_s
@@ -175,7 +177,7 @@ class LiveStatus:
         return Panel(table, title=f"[bold]{self.title}[/] · {elapsed}", border_style=style, expand=False)
 
     def start(self) -> LiveStatus:
-        self._started = self._last_line = self._clock()
+        self._started, self._last_line = self._clock(), -math.inf
         if self.panel:
             self._live = Live(console=self._console, get_renderable=self.render, refresh_per_second=4)
             self._live.start()

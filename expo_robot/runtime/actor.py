@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from drivers.cameras import configured_shapes
@@ -38,7 +37,7 @@ from expo_robot.observe import metrics as M
 from expo_robot.observe.metrics import MetricsLogger
 from expo_robot.observe.stats import latency_summary
 from expo_robot.runtime import scheduling
-from expo_robot.runtime.learner import agent_cameras
+from expo_robot.runtime.learner import STATUS_EVERY_S, agent_cameras
 from expo_robot.runtime.messages import (
     LEARNER_OUTBOX,
     MessageRejected,
@@ -54,6 +53,7 @@ from expo_robot.transport.sockets import Pusher, Subscriber, address
 log = logging.getLogger(__name__)
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes use their own seeds: the same scenes before and after
 RESEND_AFTER_S = 3.0  # the learner's count of our batches has not moved for this long: resend from its count
+MIN_LEARNER_TIMEOUT_S = 1.0  # five of the learner's heartbeats (learner.STATUS_EVERY_S)
 STALL_S = 5.0  # no fresh observation for this long ends the episode (driver held by its safety layer)
 DROP_LOG_EVERY_S = 5.0  # dropped learner messages are logged at most this often
 
@@ -79,6 +79,7 @@ class EpisodeResult:
     safety: dict = field(default_factory=dict)
     step_wall: list[float] = field(default_factory=list)
     label: str = ""  # "success" / "failure" when the operator ended the episode with a key
+    learner_updates: int = -1  # learning: the learner's updates when the episode's first chunk was decided
 
 
 class OperatorLabels:
@@ -112,6 +113,12 @@ class LearnerLink:
         )
         self.push = Pusher(address(cfg.runtime, "transitions", host), hwm=1000, curve=curve)
         self.actor_id, self.timeout_s = actor_id, float(cfg.session.learner_timeout_s)
+        if self.timeout_s < MIN_LEARNER_TIMEOUT_S:
+            raise ConfigError(
+                f"session.learner_timeout_s={self.timeout_s:g} is shorter than five of the learner's heartbeats "
+                f"(one every {STATUS_EVERY_S:g} s): a working learner would count as lost; set it to "
+                f"{MIN_LEARNER_TIMEOUT_S:g} s or more (default 3)"
+            )
         self.status: dict = {}
         self.seen = 0.0
         self.weights: dict | None = None
@@ -132,8 +139,12 @@ class LearnerLink:
         return self.weights_key[1] if self.weights_key is not None else -1
 
     @property
+    def silent_s(self) -> float:
+        return time.monotonic() - self.seen
+
+    @property
     def alive(self) -> bool:
-        return time.monotonic() - self.seen < self.timeout_s
+        return self.silent_s < self.timeout_s
 
     def poll(self) -> None:
         """Read everything the learner published; remember the newest weights and status. A message whose values
@@ -231,6 +242,15 @@ class LearnerLink:
         """Env steps received by the learner whose updates are not done yet."""
         return int(self.status.get("env_steps", 0)) - int(self.status.get("trained_steps", 0))
 
+    def caught_up(self) -> bool:
+        """The learner has every batch, has done every update they earned, and we hold the weights of the last."""
+        s = self.status
+        return (
+            self.unreceived() <= 0
+            and int(s.get("pending_updates", 0)) == 0
+            and self.weights_version >= int(s.get("updates", 0))
+        )
+
     def close(self) -> None:
         self.sub.close()
         self.push.close()
@@ -284,6 +304,9 @@ class Actor:
             )
         self.classifier_hits = 0
         self.success_reward = float(self.session.get("operator_success_reward", 1.0))
+        # lock-step pacing: decisions taken without waiting for a lost learner, and since when it is lost
+        self.unpaced_decisions = 0
+        self.learner_lost_at: float | None = None
 
     # ---- set-up ----
     def connect(self, agent_state: dict | None = None) -> None:
@@ -368,24 +391,32 @@ class Actor:
         while self.env_steps < int(self.session.env_steps) and not self.stop.is_set():
             self.run_episode(mode="explore", learn=True)
         summary["online_s"] = time.monotonic() - t0
-        self._wait_for_learner_to_store()
+        self._wait_for_learner_to_finish()
         if n_eval and not self.stop.is_set():
             self.link.poll()
             self._load_weights()  # the newest weights, then fixed during the evaluation
             summary["after"] = self.evaluate(n_eval, "after")
         summary.update(
-            env_steps=self.env_steps, episodes=self.episodes, weights_version=self.link.weights_version
+            env_steps=self.env_steps,
+            episodes=self.episodes,
+            weights_version=self.link.weights_version,
+            learner_updates=int(self.link.status.get("updates", 0)),
+            unpaced_decisions=self.unpaced_decisions,
         )
         (self.run_dir / f"{self.id}.json").write_text(json.dumps(summary, indent=2))
         return summary
 
     def evaluate(self, n: int, label: str) -> dict:
         first = n * int(self.cfg.get("robot_index") or 0)  # several robots: each plays its own scenes
-        results = [
-            self.run_episode("eval", learn=False, seed=EVAL_SEED_OFFSET + first + i)
-            for i in range(n)
-            if not self.stop.is_set()
-        ]
+        results: list[EpisodeResult] = []
+        for i in range(n):
+            if self.stop.is_set():
+                break
+            results.append(self.run_episode("eval", learn=False, seed=EVAL_SEED_OFFSET + first + i))
+            self.metrics.log(  # for the live status
+                self.env_steps, "eval", **{"eval/label": label, "eval/done": i + 1, "eval/of": n,
+                                           "eval/successes_so_far": sum(r.success for r in results)},
+            )  # fmt: skip
         successes = sum(r.success for r in results)
         lat = latency_summary([x for r in results for x in r.latencies_ms]) if results else {}
         self.metrics.log(
@@ -426,6 +457,8 @@ class Actor:
                     self._load_weights()
                 if learn:
                     self._wait_for_learner()
+                    if result.learner_updates < 0:
+                        result.learner_updates = int(self.link.status.get("updates", 0))
                 if actions and self._operator_label(result, rewards):  # pressed while no chunk ran
                     terminated = True
                     break
@@ -599,6 +632,8 @@ class Actor:
                 # (metrics are numbers: the mode as one, for the report)
                 "driver/realtime": int((self.last_loop or {}).get("mode") == "realtime"),
                 "weights/version": self.link.weights_version,
+                # lock-step: a function of the env steps alone (learner pace), whatever the machine's speed
+                "learner/updates_seen": r.learner_updates,
             },
             actor=self.id,  # several robots feed one learner: the report and live status show each one's
         )
@@ -657,14 +692,17 @@ class Actor:
 
     # ---- learner pacing ----
     def _wait_for_learner(self) -> None:
-        """Lock-step: let the learner catch up, so results do not depend on machine speed."""
+        """Lock-step: let the learner catch up, so results do not depend on machine speed. A working learner
+        announces itself every STATUS_EVERY_S however long its updates take; only a silent one (dead, unreachable)
+        is lost, and then `session.on_learner_loss` decides: continue on the last weights, or hold the robot."""
         if self.robot.spec.mode != "lockstep":
             return
         lag = int(self.session.max_policy_lag_steps)
         while not self.stop.is_set():
             self.link.poll()
-            if not self.link.alive:
+            if not self._learner_answers():
                 if self.session.on_learner_loss == "continue":
+                    self.unpaced_decisions += 1
                     return
                 time.sleep(0.05)  # hold: no chunk is sent, the driver holds the robot
                 continue
@@ -672,12 +710,52 @@ class Actor:
                 return
             time.sleep(0.005)
 
-    def _wait_for_learner_to_store(self) -> None:
-        """Before the actor exits, the learner must hold every batch: a learner that is restarting (a slow start on a
-        loaded machine) gets `session.final_store_timeout_s`; what it still lacks then is named, never dropped quietly."""
-        deadline = time.monotonic() + float(self.session.final_store_timeout_s)
-        while self.link.unreceived() > 0 and time.monotonic() < deadline and not self.stop.is_set():
+    def _learner_answers(self) -> bool:
+        """Whether the learner is alive; says once when it is lost (and what the actor does), and when it is back."""
+        if self.link.alive:
+            if self.learner_lost_at is not None:
+                log.warning(
+                    "%s: the learner answers again after %.1f s; pacing resumes (%d decisions were taken without "
+                    "waiting for it)",
+                    self.id, time.monotonic() - self.learner_lost_at, self.unpaced_decisions,
+                )  # fmt: skip
+                self.learner_lost_at = None
+            return True
+        if self.learner_lost_at is None:
+            self.learner_lost_at = time.monotonic() - self.link.silent_s
+            then = (
+                "acting on its last weights without waiting for it (session.on_learner_loss=continue): from "
+                "now on the updates per env step depend on machine speed"
+                if self.session.on_learner_loss == "continue"
+                else "holding the robot until it is back (session.on_learner_loss=hold)"
+            )
+            log.warning(
+                "%s: learner lost: no status for %.1f s (session.learner_timeout_s=%g; a working learner sends "
+                "one every %g s), %d env steps untrained; %s",
+                self.id, self.link.silent_s, self.link.timeout_s, STATUS_EVERY_S, self.link.backlog(), then,
+            )  # fmt: skip
+        return False
+
+    def _wait_for_learner_to_finish(self) -> None:
+        """The budget is spent: the learner must store every batch (a restarting learner, slow to start on a loaded
+        machine, gets `session.final_store_timeout_s`; what it still lacks then is named, never dropped quietly); in
+        lock-step it also does every update they earned and we load the weights of the last one (waited for as long
+        as it answers), so the evaluation after does not depend on machine speed."""
+        lockstep = self.robot.spec.mode == "lockstep"
+        t0, store_timeout_s = time.monotonic(), float(self.session.final_store_timeout_s)
+        while not self.stop.is_set():
             self.link.poll()
+            waiting_for_updates = lockstep and self._learner_answers()
+            if waiting_for_updates and self.link.caught_up():
+                self._load_weights()
+                log.info(
+                    "%s: the learner finished the budget's %d updates (waited %.1f s)",
+                    self.id, int(self.link.status.get("updates", 0)), time.monotonic() - t0,
+                )  # fmt: skip
+                return
+            stored = self.link.unreceived() <= 0
+            if not waiting_for_updates and (stored or time.monotonic() - t0 > store_timeout_s):
+                break
             time.sleep(0.05)
         if (missing := self.link.unreceived()) > 0:
             log.error(
@@ -703,8 +781,7 @@ class Actor:
 def main(cfg: DictConfig, words: list[str]) -> int:
     """`expo-robot actor`: run episodes until the env-step budget is spent (or SIGINT/SIGTERM)."""
     run_dir = make_run_dir(cfg, "actor")
-    scheduling.apply(cfg.runtime, "actor")
-    torch.set_num_threads(1)  # the policy step is small; a second thread only adds jitter on 2 cores
+    scheduling.apply(cfg.runtime, "actor")  # priority and threads: one (the step is small; more add jitter)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

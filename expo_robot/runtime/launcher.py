@@ -30,7 +30,7 @@ from expo_robot.observe import metrics as M
 from expo_robot.observe.live import LiveStatus
 from expo_robot.observe.report import write_finetune_report
 from expo_robot.observe.summary import rate
-from expo_robot.runtime.scheduling import die_with_parent
+from expo_robot.runtime.scheduling import die_with_parent, thread_env
 
 log = logging.getLogger(__name__)
 STOP_ORDER = ("driver", "actor", "learner")  # robots safe first, checkpoint last
@@ -145,11 +145,14 @@ class Proc:
 
 @dataclass
 class MetricsTail:
-    """Reads the lines appended to metrics.jsonl since the last call (for the live status)."""
+    """Reads the lines appended to metrics.jsonl since the last call (for the live status). `phase`, first in the
+    status, says what the session is doing and how far it has got, from its first second: starting, seed data,
+    pretraining, evaluation before, fine-tuning, evaluation after."""
 
     path: Path
+    env_steps_budget: int | None = None
     offset: int = 0
-    latest: dict = field(default_factory=dict)
+    latest: dict = field(default_factory=lambda: {"phase": "starting the driver, the learner and the actor"})
     per_robot: bool = False  # several robots: a line per actor besides the totals
     _robots: dict = field(default_factory=dict)  # actor id -> [episodes, successes, env steps]
 
@@ -171,6 +174,8 @@ class MetricsTail:
 
     def _absorb(self, rec: dict) -> None:
         s = self.latest
+        if (phase := self._phase(rec)) is not None:
+            s["phase"] = phase
         if rec.get("source") == "actor" and M.EPISODE_SUCCESS in rec:
             s["episodes"] = s.get("episodes", 0) + 1
             s["successes"] = s.get("successes", 0) + int(rec[M.EPISODE_SUCCESS] > 0.5)
@@ -190,7 +195,7 @@ class MetricsTail:
                 s["buffer"] = rec[M.BUFFER_SIZE]
             if "critic/loss" in rec:
                 s["critic loss"] = rec["critic/loss"]
-        if rec.get("source") == "eval":
+        if rec.get("source") == "eval" and M.EVAL_EPISODES in rec:
             label = f"eval {rec.get('eval/label', '')}"
             if self.per_robot and rec.get("actor"):
                 label = f"{rec['actor']} {label}"
@@ -202,6 +207,34 @@ class MetricsTail:
         r[1] += int(rec[M.EPISODE_SUCCESS] > 0.5)
         r[2] = rec["step"]
         return f"{r[0]} episodes, {r[1]} successful, {r[2]:,} steps"
+
+    def _phase(self, rec: dict) -> str | None:
+        source = rec.get("source")
+        if isinstance(rec.get("phase"), str):  # a process names what it does (e.g. the learner loading data)
+            return rec["phase"]
+        if source == "learner" and "seed/episodes" in rec:
+            return (
+                f"seed data {rec['seed/episodes']}/{rec['seed/total']} episodes "
+                f"({rec['seed/successes']} successful)"
+            )
+        if source == "learner" and "pretrain/step" in rec:
+            loss = next((v for k, v in rec.items() if k.endswith("loss") and isinstance(v, float)), None)
+            tail = f", loss {loss:.3f}" if loss is not None else ""
+            return f"pretraining {rec['pretrain/step']:,}/{rec.get('pretrain/steps', '?'):,} steps{tail}"
+        if source == "eval" and "eval/done" in rec:
+            return (
+                f"evaluation {rec['eval/label']} {rec['eval/done']}/{rec['eval/of']} episodes "
+                f"({rec['eval/successes_so_far']} successful)"
+            )
+        if source == "eval" and rec.get("eval/label") == "before" and M.EVAL_EPISODES in rec:
+            return self._fine_tuning(0)
+        if source == "actor" and M.EPISODE_SUCCESS in rec:
+            return self._fine_tuning(rec["step"])
+        return None
+
+    def _fine_tuning(self, env_steps: int) -> str:
+        budget = f"/{self.env_steps_budget:,}" if self.env_steps_budget else ""
+        return f"fine-tuning {env_steps:,}{budget} env steps"
 
 
 class Launcher:
@@ -234,7 +267,8 @@ class Launcher:
         kind = kind or name
         cmd = self.command(kind, extra)
         log_path = self.run_dir / f"{name}.out"
-        env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "PYTHONUNBUFFERED": "1",
+               **thread_env(self.cfg.runtime, name)}  # fmt: skip
         with log_path.open("ab") as out:
             popen = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_detach_and_follow
@@ -252,7 +286,9 @@ class Launcher:
         self.start("learner")
         for pair in self.pairs:
             self.start(pair.actor, pair.actor_overrides, "actor")
-        tail = MetricsTail(self.run_dir / M.METRICS_FILE, per_robot=len(self.pairs) > 1)
+        tail = MetricsTail(
+            self.run_dir / M.METRICS_FILE, int(self.cfg.session.env_steps), per_robot=len(self.pairs) > 1
+        )
         code = 0
         with LiveStatus(self.cfg.get("live", "auto"), title="finetune") as live:
             try:

@@ -3,16 +3,20 @@
     expo-robot learner runtime.host=0.0.0.0            # alone, e.g. on a GPU server; actors connect to it
 
 Updates are paced by data: every H env steps received earn `session.updates_per_chunk` calls of `agent.update`
-(each does the agent's UTD critic steps). Status messages (every 0.2 s) tell actors how far training has got, which
+(each does the agent's UTD critic steps). Status messages tell actors how far training has got, which
 batches are stored and which are safe in a checkpoint, so a lock-step session does not depend on machine speed and a
 restarted learner gets back every transition its checkpoint lacks. A batch with values out of range is dropped, counted
 by reason and named in the status (messages.check_transitions). Whatever else goes wrong in the loop ends it with a
-final checkpoint, one logged line (the traceback goes to learner_error.txt) and exit code 1.
+final checkpoint, one logged line (the traceback goes to learner_error.txt) and exit code 1. The main
+loop publishes a status after every update and receipt; a heartbeat thread repeats the newest one every STATUS_EVERY_S
+while an update, a checkpoint or pretraining keeps the loop busy, so an actor tells a slow learner (alive, working)
+from a lost one however long an update takes.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -22,7 +26,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from drivers.cameras import configured_shapes
@@ -46,7 +49,7 @@ from expo_robot.transport.keys import curve_keys
 from expo_robot.transport.sockets import Publisher, Puller, address
 
 log = logging.getLogger(__name__)
-STATUS_EVERY_S = 0.2
+STATUS_EVERY_S = 0.2  # the heartbeat: actors count a learner lost after session.learner_timeout_s without one
 WEIGHTS_REPEAT_S = (
     1.0  # the newest weights are re-sent this often: late joiners and restarted actors get them
 )
@@ -116,12 +119,17 @@ class Learner:
             curve=curve,
         )
         self.outbox = Publisher(address(cfg.runtime, "weights"), hwm=4, curve=curve)
+        self._outbox_lock = threading.Lock()  # the main loop and the heartbeat thread share the socket
+        self._status_meta = self._status()
+        self._last_status = -math.inf
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="learner-heartbeat", daemon=True)
 
     # ---- set-up ----
     def _setup_data_and_agent(self) -> None:
         cfg = self.cfg
+        self.metrics.log(0, "learner", phase="learner: loading the offline data")
         offline, self.offline_summary = load_offline_transitions(
-            offline_dataset_paths(cfg),
+            offline_dataset_paths(cfg, on_episode=self._seed_progress),
             cfg.agent.chunk,
             self.gamma,
             configured_shapes(cfg.get("cameras")),
@@ -146,17 +154,24 @@ class Learner:
             elif cfg.session.pretrain_steps > 0:
                 self._pretrain(int(cfg.session.pretrain_steps))
 
+    def _seed_progress(self, done: int, total: int, successes: int) -> None:
+        """Scripted seed data being made (sim, first run): for the live status."""
+        self.metrics.log(
+            0, "learner", **{"seed/episodes": done, "seed/total": total, "seed/successes": successes}
+        )
+
     def _pretrain(self, steps: int) -> None:
         log.info(
             "pretraining the base policy by imitation: %d steps on %d transitions", steps, len(self.offline)
         )
         t0 = time.monotonic()
 
-        def progress(step: int, info: dict) -> None:
+        def progress(step: int, info: dict) -> None:  # every 100 steps: the live status and the curves
+            self.metrics.log(
+                0, "learner", **{f"pretrain/{k}": v for k, v in info.items()},
+                **{"pretrain/step": step, "pretrain/steps": steps},
+            )  # fmt: skip
             if step % max(1, steps // 10) == 0:
-                self.metrics.log(
-                    0, "learner", **{f"pretrain/{k}": v for k, v in info.items()}, **{"pretrain/step": step}
-                )
                 log.info("pretrain %d/%d %s", step, steps, {k: round(float(v), 4) for k, v in info.items()})
 
         self.agent.pretrain(self.offline, steps, progress=progress)
@@ -224,24 +239,33 @@ class Learner:
         return 1
 
     def _loop(self) -> None:
-        last_status = last_weights = 0.0
+        last_weights = 0.0
+        self.metrics.log(self.env_steps, "learner", phase="learner ready: the actor starts")
         log.info(
             "learner %s ready: offline %d transitions, online %d",
             self.id,
             len(self.offline),
             len(self.online),
         )
+        self._heartbeat.start()
         while not self.stop.is_set():
             got = self._receive(timeout_s=0.0 if self.earned >= 1 else 0.05)
-            if self.earned >= 1 and len(self.online) > 0:
+            updated = self.earned >= 1 and len(self.online) > 0
+            if updated:
                 self._update()
-            now = time.monotonic()
-            if got or now - last_status > STATUS_EVERY_S:
+            if got or updated:
                 self._publish_status()
-                last_status = now
+            now = time.monotonic()
             if self.weights_dirty or now - last_weights > WEIGHTS_REPEAT_S:
+                # idle with weights older than its last update (e.g. the end of a budget): the newest go out
+                self.weights_dirty |= self.earned < 1 and self._weights_version < self.updates
                 self._publish_weights()
                 last_weights = now
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stop.wait(STATUS_EVERY_S / 2):
+            if time.monotonic() - self._last_status >= STATUS_EVERY_S:
+                self._send_status()
 
     def _receive(self, timeout_s: float) -> bool:
         got = False
@@ -337,21 +361,35 @@ class Learner:
             self._weights_version = self.updates
             self.weights_dirty = False
         arrays, meta = self._weights
-        self.outbox.send("weights", arrays, {**meta, "version": self._weights_version, "learner": self.id})
+        with self._outbox_lock:
+            self.outbox.send(
+                "weights", arrays, {**meta, "version": self._weights_version, "learner": self.id}
+            )
 
-    def _publish_status(self) -> None:
-        meta = {
+    def _status(self) -> dict:
+        return {
             "learner": self.id,
             "updates": self.updates,
+            "pending_updates": int(self.earned),  # earned and not done yet (0: the learner has caught up)
             "env_steps": self.env_steps,
             "trained_steps": self.trained_steps,
             "online": len(self.online),
             "offline": len(self.offline),
-            "received": self.received,
-            "acked": self.acked,
-            "rejected": self.last_rejected,
+            "received": dict(self.received),
+            "acked": dict(self.acked),
+            "rejected": dict(self.last_rejected),
         }
-        self.outbox.send("status", None, meta)
+
+    def _publish_status(self) -> None:
+        """A status of the counters as they stand now (built on the main thread, so it is consistent), sent now and
+        repeated by the heartbeat thread while the loop is busy."""
+        self._status_meta = self._status()
+        self._send_status()
+
+    def _send_status(self) -> None:
+        with self._outbox_lock:
+            self.outbox.send("status", None, self._status_meta)
+            self._last_status = time.monotonic()
 
     def checkpoint(self) -> Path:
         counters = {
@@ -379,16 +417,19 @@ class Learner:
         return OmegaConf.to_yaml(self.cfg, resolve=True)
 
     def close(self) -> None:
+        self.stop.set()
+        if self._heartbeat.is_alive():
+            self._heartbeat.join(timeout=5)
         self.inbox.close()
-        self.outbox.close()
+        with self._outbox_lock:
+            self.outbox.close()
         self.metrics.close()
 
 
 def main(cfg: DictConfig, words: list[str]) -> int:
     """`expo-robot learner`: run the learner until SIGINT/SIGTERM, then checkpoint."""
     run_dir = make_run_dir(cfg, "learner")
-    scheduling.apply(cfg.runtime, "learner")
-    torch.set_num_threads(max(1, int(cfg.get("learner_threads", 1))))
+    scheduling.apply(cfg.runtime, "learner")  # priority and threads (runtime.scheduling.learner)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,11 @@ from expo_robot.data.dataset_io import load_episodes
 log = logging.getLogger(__name__)
 
 
-def offline_dataset_paths(cfg: DictConfig) -> list[Path]:
-    """The configured datasets, or (simulated robot, none configured) scripted teleop data made on demand."""
+def offline_dataset_paths(
+    cfg: DictConfig, on_episode: Callable[[int, int, int], None] | None = None
+) -> list[Path]:
+    """The configured datasets, or (simulated robot, none configured) scripted teleop data made on demand
+    (`on_episode(done, total, successes)` after each episode it makes)."""
     paths = [Path(p) for p in cfg.session.offline.datasets]
     missing = [str(p) for p in paths if not (p / "meta" / "info.json").exists()]
     if missing:  # before any loading starts: one line, not a traceback from deep in the reader
@@ -36,8 +40,9 @@ def offline_dataset_paths(cfg: DictConfig) -> list[Path]:
     off = cfg.session.offline
     cameras = list((cfg.get("cameras") or {}).get("list") or [])  # rendered into the seed data (type sim)
     path = ensure_seed_dataset(
-        cfg.robot, cfg.task, off.episodes, off.sigma, cfg.seed, root=off.root, cameras=cameras
-    )
+        cfg.robot, cfg.task, off.episodes, off.sigma, cfg.seed, root=off.root, cameras=cameras,
+        workers=int(off.get("workers") or 1), on_episode=on_episode,
+    )  # fmt: skip
     return [path]
 
 

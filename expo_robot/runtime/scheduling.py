@@ -16,6 +16,11 @@ or a policy step. Each process sets its own priority when it starts, from `runti
 - `switch_interval_s`: how long a Python thread may hold the interpreter while another waits for it (Python's
   default 5 ms). A control loop shares its process with helper threads (heartbeats, the episode writer); each time
   its graph or a socket call hands the interpreter to one of them, it may wait this long to get it back.
+- `threads`: the compute threads of the process (torch's intra-op pool, and OpenMP/BLAS pools through
+  OMP_NUM_THREADS etc., which the launcher sets for each process it starts: they are read when the libraries load);
+  null = the CPUs the driver and the actor leave (at least 1). Left to their defaults, torch and BLAS each start one
+  thread per CPU in every process: a learner's update then takes every core the policy step needs. torch's
+  inter-op pool is 1 thread in every role (nothing here runs graphs in parallel).
 
 Raising a priority (a negative nice, a FIFO priority) needs root or CAP_SYS_NICE (or an rtprio limit); without it the process says so once and runs at its
 current priority. Lowering one always works.
@@ -27,6 +32,7 @@ that started it: `die_with_parent`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -40,6 +46,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 AUTOGROUP = Path("/proc/self/autogroup")
+ROLES = ("driver", "actor", "learner")
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")  # read when the libraries load
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -57,9 +65,42 @@ def apply(runtime_cfg: Mapping[str, Any] | None, role: str) -> dict[str, Any]:
     if want.get("switch_interval_s") is not None:
         sys.setswitchinterval(float(want["switch_interval_s"]))
         applied["switch_interval_s"] = sys.getswitchinterval()
+    if role in ROLES:
+        applied["threads"] = _set_threads(threads_for(runtime_cfg, role))
     if applied:
         log.info("%s: scheduling %s", role, applied)
     return applied
+
+
+def threads_for(runtime_cfg: Mapping[str, Any] | None, role: str) -> int:
+    """The compute threads of `role`: its `threads`, or (null) the CPUs this process may use minus the driver's and
+    the actor's threads, at least 1 (on 2 cores: 1 each)."""
+    sched = (runtime_cfg or {}).get("scheduling") or {}
+    want = (sched.get(role) or {}).get("threads")
+    if want is not None:
+        if int(want) < 1:
+            raise ValueError(f"runtime.scheduling.{role}.threads={want} must be 1 or more (or null)")
+        return int(want)
+    others = sum(int((sched.get(r) or {}).get("threads") or 1) for r in ("driver", "actor") if r != role)
+    return max(1, len(os.sched_getaffinity(0)) - others)
+
+
+def thread_env(runtime_cfg: Mapping[str, Any] | None, role: str) -> dict[str, str]:
+    """The environment that sizes a new process's OpenMP/BLAS pools for `role` (the launcher starts it with these)."""
+    return dict.fromkeys(THREAD_ENV, str(threads_for(runtime_cfg, role)))
+
+
+def _set_threads(n: int) -> int:
+    """torch's pools, where this process uses torch (the driver does not import it)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return n
+    torch.set_num_threads(n)
+    with contextlib.suppress(
+        RuntimeError
+    ):  # only possible before the first parallel work: a second apply() keeps it
+        torch.set_num_interop_threads(1)
+    return n
 
 
 def _set_nice(role: str, nice: int) -> int:

@@ -648,3 +648,36 @@ def test_a_flood_of_client_ids_leaves_no_table_behind(tmp_path):
         assert flood_watch_s < 2 * base_watch_s + 1e-6
     finally:
         driver.close()
+
+
+def lockstep_run(tmp_path, silent_s: dict[int, float]) -> tuple[list, int]:
+    """A lock-step episode of one-step chunks on a fake clock; before step i the policy is silent for silent_s[i]
+    wall seconds (a loaded machine, a learner it waits for). Returns what the motors got and the watchdog holds."""
+    cfg = make_cfg(tmp_path)
+    clock = FakeClock(100.0)
+    driver = Driver(cfg, clock=clock)
+    driver.open()
+    try:
+        heartbeat = Message("heartbeat", 0, 0.0, {"client": "c"}, {})
+        for i in range(12):
+            clock.advance(silent_s.get(i, 0.01))
+            driver._tick()  # the driver's loop runs on while the policy is silent
+            driver._handle(heartbeat)
+            # far from the hold command: a re-armed start-up guard would ramp it
+            action = [0.9 * (-1) ** i, 0.6, -0.8, 2.0]
+            meta = {"t0": driver.state_time() + 0.1, "chunk_id": i, "client": "c"}
+            driver._handle(Message("chunk", i, 0.0, meta, {"actions": chunk(1, action)}))
+            driver._tick()
+            assert driver.step == i + 1
+        return [a.tolist() for a in driver.robot.sent], driver.monitor.counters["hold"]
+    finally:
+        driver.close()
+
+
+def test_lockstep_steps_do_not_depend_on_wall_time_between_commands(tmp_path):
+    """Lock-step: a policy silent long enough for a watchdog hold (but not the safe state) between two steps must
+    not change what the robot executes; no virtual time passed and nothing moved, so no start-up ramp is re-armed."""
+    prompt, prompt_holds = lockstep_run(tmp_path / "prompt", {})
+    slow, slow_holds = lockstep_run(tmp_path / "slow", {3: 0.5, 4: 1.2, 9: 0.3})
+    assert (prompt_holds, slow_holds) == (0, 3)  # the slow run really went through three holds
+    assert slow == prompt

@@ -50,12 +50,13 @@ def test_auto_off_a_terminal_logs_a_plain_line_every_period(caplog):
             clock.t = t
             status.update(**{**FIELDS, "episode": int(t)})
     lines = _status_lines(caplog)
-    assert len(lines) == 3  # at t=10 and t=21, plus the final line on exit
-    assert lines[0].startswith(
+    assert len(lines) == 4  # at once (t=0), at t=10 and t=21, plus the final line on exit
+    assert lines[0].startswith("finetune: control rate 49.9 Hz") and "episode 0" in lines[0]
+    assert lines[1].startswith(
         "finetune: control rate 49.9 Hz | overruns 0 | step latency 1.83 ms | episode 10"
     )
-    assert "success so far 40% | buffer 15,000 transitions | safety events 2" in lines[0]
-    assert lines[2].startswith("finetune (final):") and "episode 21" in lines[2]
+    assert "success so far 40% | buffer 15,000 transitions | safety events 2" in lines[1]
+    assert lines[3].startswith("finetune (final):") and "episode 21" in lines[3]
     assert not any("\x1b" in line for line in lines)
     assert stream.getvalue() == ""  # nothing drawn
 

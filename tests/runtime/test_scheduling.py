@@ -32,7 +32,7 @@ def _child(runtime: dict, role: str, new_session: bool) -> dict:
 
 def test_a_launched_process_lowers_its_niceness_and_its_own_sessions_group():
     got = _child({"scheduling": {"learner": {"nice": 7}}}, "learner", new_session=True)
-    assert got["applied"] == {"nice": 7} and got["nice"] == 7
+    assert got["applied"]["nice"] == 7 and got["nice"] == 7
     if got["group"] is not None:  # the kernel shares time between sessions first: the group must rank too
         assert got["group"] == 7
 
@@ -55,8 +55,9 @@ def test_no_autogroup_reads_as_none(tmp_path, monkeypatch):
 def test_pinning_and_roles_without_settings():
     cpu = min(os.sched_getaffinity(0))
     got = _child({"scheduling": {"actor": {"nice": None, "cpus": [cpu]}}}, "actor", new_session=True)
-    assert got["applied"] == {"cpus": [cpu]} and got["cpus"] == [cpu]
-    assert _child({}, "driver", new_session=True)["applied"] == {}
+    assert got["applied"] == {"cpus": [cpu], "threads": 1} and got["cpus"] == [cpu]
+    assert _child({}, "driver", new_session=True)["applied"] == {"threads": 1}
+    assert _child({}, "recorder", new_session=True)["applied"] == {}  # not a session role: nothing set
 
 
 def test_a_cpu_the_machine_lacks_is_an_error_that_names_the_choices():
@@ -69,9 +70,10 @@ def test_no_privilege_to_raise_a_priority_is_a_warning_not_a_failure(monkeypatch
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "setpriority", refuse)
+    monkeypatch.setattr(scheduling, "_set_threads", lambda n: n)  # this test process keeps its torch threads
     with caplog.at_level(logging.WARNING):
         applied = scheduling.apply({"scheduling": {"driver": {"nice": -10}}}, "driver")
-    assert applied == {"nice": os.getpriority(os.PRIO_PROCESS, 0)}
+    assert applied == {"nice": os.getpriority(os.PRIO_PROCESS, 0), "threads": 1}
     assert "cannot set niceness -10" in caplog.text and "CAP_SYS_NICE" in caplog.text
 
 
@@ -95,6 +97,33 @@ def test_fifo_without_privilege_is_a_warning_and_a_wrong_priority_an_error(monke
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    monkeypatch.setattr(scheduling, "_set_threads", lambda n: n)  # this test process keeps its torch threads
     with caplog.at_level(logging.WARNING):
         applied = scheduling.apply({"scheduling": {"driver": {"fifo_priority": 50}}}, "driver")
-    assert applied == {"fifo_priority": None} and "cannot run under SCHED_FIFO" in caplog.text
+    assert applied == {"fifo_priority": None, "threads": 1} and "cannot run under SCHED_FIFO" in caplog.text
+
+
+def test_threads_per_role_the_learner_takes_the_cpus_the_others_leave(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    runtime = {
+        "scheduling": {"driver": {"threads": 1}, "actor": {"threads": 2}, "learner": {"threads": None}}
+    }
+    assert [scheduling.threads_for(runtime, r) for r in ("driver", "actor", "learner")] == [1, 2, 5]
+    assert scheduling.thread_env(runtime, "learner") == dict.fromkeys(scheduling.THREAD_ENV, "5")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # this machine: 1 each
+    assert scheduling.threads_for(runtime, "learner") == 1 and scheduling.threads_for({}, "learner") == 1
+    with pytest.raises(ValueError, match=r"runtime\.scheduling\.actor\.threads=0 must be 1 or more"):
+        scheduling.threads_for({"scheduling": {"actor": {"threads": 0}}}, "actor")
+
+
+def test_a_process_with_torch_gets_its_roles_threads():
+    code = """
+import json, sys, torch
+from expo_robot.runtime import scheduling
+scheduling.apply(json.loads(sys.argv[1]), "learner")
+print(json.dumps([torch.get_num_threads(), torch.get_num_interop_threads()]))
+"""
+    runtime = {"scheduling": {"learner": {"threads": 3}}}
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(runtime)], capture_output=True, text=True,
+                         timeout=120, check=True)  # fmt: skip
+    assert json.loads(out.stdout) == [3, 1]
