@@ -14,6 +14,7 @@ from expo_robot.config import load_config
 from expo_robot.data.chunking import chunk_transitions
 from expo_robot.runtime import learner as learner_module
 from expo_robot.runtime.learner import Learner
+from expo_robot.transport.keys import curve_keys
 from expo_robot.transport.sockets import Pusher, free_tcp_ports
 
 STATE_DIM = 21  # configs/robot/fake.yaml
@@ -54,7 +55,7 @@ def make_learner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *overrides: st
     cfg = learner_cfg(tmp_path, *overrides)
     parts = [episode_batch(cfg, seed=100 + i) for i in range(6)]
     offline = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    monkeypatch.setattr(learner_module, "offline_dataset_paths", lambda cfg: [])
+    monkeypatch.setattr(learner_module, "offline_dataset_paths", lambda cfg, **_: [])
     monkeypatch.setattr(learner_module, "load_offline_transitions", lambda *a: (offline, {"episodes": 6}))
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +69,8 @@ class RunningLearner:
         self.learner = learner
         self.code: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
-        self.pusher = Pusher(f"tcp://127.0.0.1:{int(learner.cfg.runtime.transitions_port)}", hwm=1000)
+        port = int(learner.cfg.runtime.transitions_port)  # an allowed actor's keys
+        self.pusher = Pusher(f"tcp://127.0.0.1:{port}", hwm=1000, curve=curve_keys(learner.cfg.runtime))
 
     def _run(self) -> None:
         self.code = self.learner.run()

@@ -15,6 +15,7 @@ from expo_robot.agent import make_agent
 from expo_robot.runtime.actor import LearnerLink
 from expo_robot.runtime.learner import agent_spec
 from expo_robot.runtime.messages import pack_state
+from expo_robot.transport.keys import curve_keys
 from expo_robot.transport.sockets import Publisher, address
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,7 +28,7 @@ def link_and_learner(tmp_path):
     """A LearnerLink for actor a0 whose networks are a demo EXPO agent's, and a publisher in the learner's place."""
     cfg = learner_cfg(tmp_path)
     agent = make_agent(cfg.agent, agent_spec(cfg, STATE_DIM), device="cpu", seed=0)
-    pub = Publisher(address(cfg.runtime, "weights"))
+    pub = Publisher(address(cfg.runtime, "weights"), curve=curve_keys(cfg.runtime))  # the learner's keys
     link = LearnerLink(cfg, "a0")
     link.own_weights = agent.acting_state()
     deadline = time.monotonic() + 20
