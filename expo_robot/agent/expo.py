@@ -212,12 +212,9 @@ class ExpoAgent(BCAgent):
 
         With `agent.fast`, the same update laid out for speed; its metrics are 0-d tensors (`float(v)` reads one),
         so that they cost a host sync only when a caller reads them."""
-        if (
-            self.proposer is not None and self.counters["updates"] == 0
-        ):  # start from the (pretrained) base: one
-            self.proposer.net.load_state_dict(
-                self.base.net.state_dict()
-            )  # Euler step over the whole interval
+        if self.proposer is not None and self.counters["updates"] == 0:
+            # the proposer starts from the (pretrained) base: one Euler step over the whole interval
+            self.proposer.net.load_state_dict(self.base.net.state_dict())
         if self.fast_update is not None:
             return self.fast_update(offline_buffer, online_buffer)
         self._capacities = {

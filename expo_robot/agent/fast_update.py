@@ -316,6 +316,7 @@ class FastUpdate:
         try:
             self.fns = {k: torch.compile(f, dynamic=False, mode=self.compile_mode) for k, f in eager.items()}
             b = {key: v[:n] for key, v in t.items()}
+            a.edit.eval()  # the modes and devices of the real calls: no recompiling at the first update
             with torch.no_grad(), self._backup_precision():
                 candidates = self._all_candidates(t["next_obs"], base_noise, edit_noise, n)
                 target = self.fns["td_target"](
@@ -330,9 +331,9 @@ class FastUpdate:
             if a.use_edit:
                 a.edit.train()
                 a.critic.requires_grad_(False)
-                self.fns["edit_loss"](b["obs"], b["action"], torch.zeros_like(b["action"]), torch.ones(()))[
-                    0
-                ].backward()
+                self.fns["edit_loss"](
+                    b["obs"], b["action"], torch.zeros_like(b["action"]), torch.ones((), device=a.device)
+                )[0].backward()
         except Exception as e:  # any compiler failure: the eager functions compute the same update
             log.warning("torch.compile failed (%s: %s); the fast update runs eagerly", type(e).__name__,
                         str(e).strip().splitlines()[0][:200] if str(e).strip() else "")  # fmt: skip
