@@ -66,6 +66,7 @@ AGENTS = {
     "best_of_n": "expo_robot.agent.expo:ExpoAgent",
     "expo_no_otf_backup": "expo_robot.agent.expo:ExpoAgent",
     "rlpd": "expo_robot.agent.rlpd:RLPDAgent",
+    "rlpd_step": "expo_robot.agent.rlpd:RLPDAgent",
     "bc": "expo_robot.agent.bc:BCAgent",
 }
 

@@ -1,4 +1,6 @@
-"""RLPD: SAC with a tanh-Gaussian actor over the whole chunk, the same critic recipe and symmetric sampling."""
+"""RLPD (Ball et al. 2023; reference: ikostrikov/rlpd's SACLearner): SAC with a tanh-Gaussian actor over the whole
+chunk (H=1: per step), an ensemble critic with a random-subset min, an entropy term in the TD target and symmetric
+half-offline/half-online sampling."""
 
 from __future__ import annotations
 
@@ -50,14 +52,21 @@ class RLPDAgent(AgentCore):
     def _act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
         return self.actor(obs, deterministic, self.gen)[0]
 
+    @torch.no_grad()
+    def td_target(self, t: dict) -> torch.Tensor:
+        """r + gamma^h * mask * (min-subset Q'(s', a') - alpha * log pi(a'|s')), a' ~ pi(s'): the soft value of the
+        next chunk. `discount` already holds gamma^h * mask, so the chunk's entropy is discounted like its Q
+        (the reference's `target_q -= discount * masks * temp * next_log_probs`); `backup_entropy: false` drops it."""
+        next_action, next_log_prob = self.actor(t["next_obs"], generator=self.gen)
+        c = self.cfg["critic"]
+        subset = random_subset(c["members"], c["subset"], self.cpu_gen, self.device)
+        next_v = self.critic_target.min_over(t["next_obs"], next_action, subset)
+        if self.cfg.get("backup_entropy", True):
+            next_v = next_v - self.temperature() * next_log_prob
+        return t["reward"] + t["discount"] * next_v
+
     def critic_step(self, t: dict) -> dict[str, float]:
-        with torch.no_grad():
-            next_action, _ = self.actor(t["next_obs"], generator=self.gen)
-            c = self.cfg["critic"]
-            subset = random_subset(c["members"], c["subset"], self.cpu_gen, self.device)
-            target = t["reward"] + t["discount"] * self.critic_target.min_over(
-                t["next_obs"], next_action, subset
-            )
+        target = self.td_target(t)
         return critic_regression_step(
             self.critic, self.critic_target, self.optims["critic"], t, target, self.cfg["critic"]["tau"]
         )
@@ -74,14 +83,16 @@ class RLPDAgent(AgentCore):
         loss.backward()
         gnorm = grad_norm(self.actor.parameters())
         opt.step()
-        alpha_loss = -(self.temperature.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        # the reference's form: alpha * (entropy - target); alpha falls while the entropy is above the target
+        entropy = -log_prob.detach().mean()
+        alpha_loss = self.temperature() * (entropy - self.target_entropy)
         self.optims["alpha"].zero_grad(set_to_none=True)
         alpha_loss.backward()
         self.optims["alpha"].step()
         return {
             "actor/loss": float(loss.detach()),
             "actor/grad_norm": gnorm,
-            "actor/entropy": float(-log_prob.detach().mean()),
+            "actor/entropy": float(entropy),
             "alpha": float(self.temperature().detach()),
             "alpha/loss": float(alpha_loss.detach()),
         }

@@ -431,7 +431,8 @@ def run(cfg: DictConfig, words: list[str], results_dir: Path = Path("benchmarks/
     unknown = [
         a
         for a in settings["algorithms"]
-        if a not in VARIANTS and a not in ("expo", "rlpd", "bc", "best_of_n", "expo_no_otf_backup")
+        if a not in VARIANTS
+        and a not in ("expo", "rlpd", "rlpd_step", "bc", "best_of_n", "expo_no_otf_backup")
     ]
     if unknown:
         raise BenchConfigError(f"unknown algorithms {unknown}")
@@ -443,16 +444,26 @@ def run(cfg: DictConfig, words: list[str], results_dir: Path = Path("benchmarks/
     first = agent_config(settings["algorithms"][0], cfg.profile, settings)
     probe = make_sim_task(cfg.robot, cfg.task)
     images = agent_image_shapes(cameras, (first.get("encoder") or {}).get("image_size")) if cameras else {}
-    spec = AgentSpec(
-        probe.state_dim, probe.action_dim, probe.action_low, probe.action_high, first["chunk"], images=images
-    )
+    dims = (probe.state_dim, probe.action_dim, probe.action_low, probe.action_high)
     probe.close()
-    t0 = time.perf_counter()
-    offline, seed_info = load_offline(cfg, settings, spec, first["gamma"])
-    seed_info["seconds"] = round(time.perf_counter() - t0, 1)
+    by_chunk: dict[
+        int, tuple
+    ] = {}  # H -> (spec, offline chunk transitions): rlpd_step (H=1) beside H=4 methods
+
+    def data_for(chunk: int) -> tuple:
+        if chunk not in by_chunk:
+            spec = AgentSpec(*dims, chunk, images=images)
+            t0 = time.perf_counter()
+            offline, info = load_offline(cfg, settings, spec, first["gamma"])
+            info["seconds"] = round(time.perf_counter() - t0, 1)
+            by_chunk[chunk] = (spec, offline, info)
+        return by_chunk[chunk]
+
+    _, _, seed_info = data_for(first["chunk"])
     results: dict[str, dict] = {}
     pretrained: dict = {}
     for name in settings["algorithms"]:
+        spec, offline, _ = data_for(agent_config(name, cfg.profile, settings)["chunk"])
         for seed in settings["seeds"]:
             log.info("learning benchmark: %s seed %d", name, seed)
             results.setdefault(name, {})[str(seed)] = run_one(
