@@ -48,7 +48,7 @@ def test_run_dir_holds_resolved_config(tmp_path):
     cfg = load_config([f"run_root={tmp_path}"])
     run_dir = make_run_dir(cfg, "finetune")
     assert run_dir.parent.parent == tmp_path
-    assert run_dir.name.endswith("_finetune_pick_cube")
+    assert run_dir.name.endswith("_finetune_sim_panda_pick_cube")  # named by robot and task
     assert (run_dir / "config.yaml").read_text().count("sim_panda") >= 1
     assert (run_dir / "finetune.log").exists()
 

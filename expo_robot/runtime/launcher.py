@@ -22,11 +22,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from expo_robot.config import make_run_dir
+from expo_robot.config import command_line, make_run_dir, split_words
 from expo_robot.observe import metrics as M
 from expo_robot.observe.live import LiveStatus
 from expo_robot.observe.report import write_finetune_report
 from expo_robot.observe.summary import rate
+from expo_robot.runtime.offline import check_offline_data
 from expo_robot.runtime.scheduling import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,26 @@ def operator_terminal(cfg: DictConfig, stdin: Any) -> list[str]:
 
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
+
+
+ERROR_MARKS = ("Error", "error:", " ERROR ", "CRITICAL", "Exception", "refus", "expo-robot ")
+
+
+def last_meaningful_line(log_path: Path, tail_bytes: int = 65536) -> str:
+    """The line of a process's output that says why it ended: the last error-like line (a one-line CLI error, a
+    traceback's final line, an ERROR log record), else the last line that is not part of a traceback."""
+    try:
+        with log_path.open("rb") as f:
+            f.seek(max(0, log_path.stat().st_size - tail_bytes))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    lines = [
+        ln.strip() for ln in lines if ln.strip() and not ln[:1].isspace() and not ln.startswith("Traceback")
+    ]
+    return next(
+        (ln for ln in reversed(lines) if any(m in ln for m in ERROR_MARKS)), lines[-1] if lines else ""
+    )
 
 
 @dataclass
@@ -165,7 +186,8 @@ class Launcher:
                     p.exit_code = rc
                     if p.name == "actor" and rc == 0:
                         return 0
-                    msg = f"{p.name} exited with code {rc}; see {p.log_path}"
+                    why = last_meaningful_line(p.log_path) or "no output"
+                    msg = f"{p.name} exited with code {rc}: {why} (log: {p.log_path})"
                     self.notes.append(msg)
                     log.error(msg)
                     if p.name == "learner":
@@ -234,10 +256,22 @@ class Launcher:
 
 def main(cfg: DictConfig, words: list[str], overrides: list[str] | None = None) -> int:
     run_dir = make_run_dir(cfg, "finetune")
-    if overrides is None:  # as the CLI split them: every argument with '=' is an override
-        overrides = [a for a in sys.argv[2:] if "=" in a]
+    if overrides is None:  # as the CLI split them
+        overrides = split_words(sys.argv[2:])[1]
     overrides = [o for o in overrides if not o.startswith("run_dir=")]
+    check_offline_data(cfg)  # refused here, before any process starts, with `dataset check`'s message
     print(f"run folder: {run_dir}")
     code = Launcher(cfg, overrides, run_dir.resolve()).run()
     print(f"report: {run_dir / 'report.md'}\nplot:   {run_dir / 'finetune.png'}")
+    bc_start = cfg.session.pretrained or run_dir / "checkpoints" / "pretrained.pt"
+    if code == 0 and Path(bc_start).exists():
+        evaluate = command_line(
+            "eval",
+            overrides,
+            f"policy={run_dir}",
+            f"compare={bc_start}",
+            "compare_act=base",
+            drop=("session.",),
+        )
+        print(f"fine-tuned vs its BC start: {evaluate}")
     return code
