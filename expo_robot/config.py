@@ -27,9 +27,10 @@ class ConfigError(ValueError):
 
 def user_config_dirs() -> list[Path]:
     """The user's config folders (EXPO_ROBOT_CONFIG_PATH), in search order; a missing folder is an error."""
-    dirs = [
+    paths = [
         Path(d).expanduser().resolve() for d in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if d
     ]
+    dirs = list(dict.fromkeys(paths))  # each folder once, in order
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
         raise ConfigError(
@@ -41,7 +42,8 @@ def user_config_dirs() -> list[Path]:
 def add_config_dirs(dirs: list[str]) -> None:
     """Put `--config-dir` folders in front of EXPO_ROBOT_CONFIG_PATH, for this process and the ones it starts."""
     old = [d for d in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep) if d]
-    os.environ[CONFIG_PATH_ENV] = os.pathsep.join([str(Path(d).expanduser().resolve()) for d in dirs] + old)
+    new = [str(Path(d).expanduser().resolve()) for d in dirs]
+    os.environ[CONFIG_PATH_ENV] = os.pathsep.join(dict.fromkeys(new + old))
 
 
 def config_search_path() -> list[Path]:
@@ -98,6 +100,9 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
     a clear message."""
     overrides = list(overrides or [])
     cfg = _compose(overrides)
+    if "robot" not in cfg or "task" not in cfg:  # (deleted with ~robot / ~task)
+        return cfg
+    _require_action_bounds(cfg.robot)
     task = robot_task(cfg, explicit=any(o.lstrip("+").startswith("task=") for o in overrides))
     return _compose([*overrides, f"task={task}"]) if task != cfg.task.get("name") else cfg
 
@@ -133,6 +138,15 @@ def robot_task(cfg: DictConfig, explicit: bool) -> str:
         f"task '{task.name}' is defined on {task.env_id}, robot '{robot.name}' simulates {robot.get('env_id')}: "
         f"{hint}"
     )
+
+
+def _require_action_bounds(robot: DictConfig) -> None:
+    """A simulated robot's config gives its action bounds: the learner sizes the agent from them without the env."""
+    if robot.get("type") == "sim" and not (robot.get("action_low") and robot.get("action_high")):
+        raise ConfigError(
+            f"robot '{robot.name}' needs action_low and action_high: lists within the env's action space, e.g. its "
+            f"bounds: python -c \"import gymnasium as gym; print(gym.make('{robot.get('env_id')}').action_space)\""
+        )
 
 
 def _task_env_id(name: str) -> str | None:

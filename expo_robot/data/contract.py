@@ -70,9 +70,16 @@ def robot_contract(cfg: DictConfig) -> RobotContract:
         "cameras": dict(configured_shapes(cfg.get("cameras"))),
     }
     if robot_cfg.get("type") == "sim":
-        from drivers.sim_env import make_sim_task
+        from drivers.sim_env import SimUnavailableError, make_sim_task
 
-        task = make_sim_task(robot_cfg, cfg.get("task"))
+        from expo_robot.config import ConfigError
+
+        try:
+            task = make_sim_task(robot_cfg, cfg.get("task"))
+        except SimUnavailableError as e:  # the operator's robot config names an env that cannot be built
+            module = str(robot_cfg.env_id).partition(":")[0] if ":" in str(robot_cfg.env_id) else ""
+            hint = f" (is the module '{module}' importable: installed, or on PYTHONPATH?)" if module else ""
+            raise ConfigError(f"{e}{hint}") from e
         try:
             low, high = robot_cfg.get("action_low"), robot_cfg.get("action_high")
             return RobotContract(
@@ -92,6 +99,7 @@ def robot_contract(cfg: DictConfig) -> RobotContract:
         **common,
         state_dim=getattr(robot, "state_dim", None),
         action_dim=getattr(robot, "action_dim", None),
+        state_names=robot.state_names,
         action_low=_floats(getattr(robot, "action_low", None)),
         action_high=_floats(getattr(robot, "action_high", None)),
     )
@@ -116,7 +124,10 @@ def schema_lines(c: RobotContract) -> list[str]:
         "required:",
         f"  {STATE:<30} float32 [{s}]  names: the state layout below (recorded names are checked)",
         f"  {ACTION:<30} float32 [{a}]  the action executed" + _bounds(c),
-        *[f"  {IMAGES}{k:<{30 - len(IMAGES)}} image uint8 {list(v)}  (cameras= of the session)" for k, v in c.cameras.items()],
+        *[
+            f"  {IMAGES}{k:<{30 - len(IMAGES)}} image uint8 {list(v)}  (cameras= of the session)"
+            for k, v in c.cameras.items()
+        ],
         "optional (defaults when absent):",
         f"  {REWARD:<30} float32 [1]  reward for a_t (0; success then = last reward >= 1)",
         f"  {DONE:<30} bool [1]     the episode ended after a_t: only on the last frame",
@@ -151,7 +162,9 @@ def dataset_fit(root: str | Path, c: RobotContract) -> FitReport:
     root = Path(root)
     info_path = root / "meta" / "info.json"
     if not info_path.exists():
-        raise DatasetError(f"{root} is not a LeRobotDataset (no meta/info.json); give the dataset's root folder")
+        raise DatasetError(
+            f"{root} is not a LeRobotDataset (no meta/info.json); give the dataset's root folder"
+        )
     info = json.loads(info_path.read_text())
     features, report = info.get("features", {}), FitReport()
     for name in (STATE, ACTION):
@@ -181,7 +194,9 @@ def dataset_fit(root: str | Path, c: RobotContract) -> FitReport:
     return report
 
 
-def _check_vector(report: FitReport, features: dict, name: str, want: int | None, extra: dict | None = None) -> None:
+def _check_vector(
+    report: FitReport, features: dict, name: str, want: int | None, extra: dict | None = None
+) -> None:
     spec = features[name]
     if spec.get("dtype") not in FLOATS:
         report.problems.append(f"'{name}' is {spec.get('dtype')}, expected float32")

@@ -255,11 +255,11 @@ class Launcher:
 
 
 def main(cfg: DictConfig, words: list[str], overrides: list[str] | None = None) -> int:
+    check_offline_data(cfg)  # refused here, before any process starts, with `dataset check`'s message
     run_dir = make_run_dir(cfg, "finetune")
     if overrides is None:  # as the CLI split them
         overrides = split_words(sys.argv[2:])[1]
     overrides = [o for o in overrides if not o.startswith("run_dir=")]
-    check_offline_data(cfg)  # refused here, before any process starts, with `dataset check`'s message
     print(f"run folder: {run_dir}")
     code = Launcher(cfg, overrides, run_dir.resolve()).run()
     print(f"report: {run_dir / 'report.md'}\nplot:   {run_dir / 'finetune.png'}")

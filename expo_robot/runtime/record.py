@@ -90,7 +90,11 @@ def record(cfg: DictConfig, run_dir: Path, stop: threading.Event | None = None) 
     ):
         spec = loop.client.spec
         features = dataset_features(
-            spec.state_dim, spec.action_dim, extra=camera_features(spec.cameras), capture_time=True
+            spec.state_dim,
+            spec.action_dim,
+            spec.state_names or None,  # the layout, for `dataset check robot=`
+            extra=camera_features(spec.cameras),
+            capture_time=True,
         )
         writer = EpisodeWriter(root, fps=round(spec.fps), features=features, task=task, robot_type=spec.robot)
         success_reward = float(cfg.session.get("operator_success_reward", 1.0))
