@@ -266,12 +266,7 @@ def main(cfg: DictConfig, words: list[str], overrides: list[str] | None = None) 
     bc_start = cfg.session.pretrained or run_dir / "checkpoints" / "pretrained.pt"
     if code == 0 and Path(bc_start).exists():
         evaluate = command_line(
-            "eval",
-            overrides,
-            f"policy={run_dir}",
-            f"compare={bc_start}",
-            "compare_act=base",
-            drop=("session.",),
+            "eval", overrides, f"policy={run_dir}", f"compare={bc_start}", "compare_act=base"
         )
         print(f"fine-tuned vs its BC start: {evaluate}")
     return code

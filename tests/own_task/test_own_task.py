@@ -148,6 +148,7 @@ def test_own_gymnasium_task_from_lerobot_demos_to_eval_compare(demos, tmp_path, 
         "session.weights_every=5",
         "session.checkpoint_every=20",
         "eval.episodes=2",
+        "session.record_episodes=false",  # two recording processes fewer
         f"runtime.weights_port={weights}",
         f"runtime.transitions_port={transitions}",
         f"runtime.obs_port={obs}",
