@@ -110,6 +110,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _take_config_dirs(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(--config-dir folders, the other arguments): the option may stand anywhere, among the overrides too."""
+    dirs, rest, it = [], [], iter(argv)
+    for arg in it:
+        if arg == "--config-dir":
+            dirs.append(next(it, ""))
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return dirs, rest
+
+
 def _resolve(target: str) -> Callable[..., int]:
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)
@@ -124,7 +137,11 @@ def _enable_stack_dumps() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _enable_stack_dumps()
-    args = _parser().parse_args(argv)
+    config_dirs, argv = _take_config_dirs(sys.argv[1:] if argv is None else list(argv))
+    args = _parser().parse_args(argv)  # (--config-dir stays declared there for --help)
+    if "" in config_dirs:
+        print("expo-robot: --config-dir needs a folder (--config-dir my_configs)", file=sys.stderr)
+        return 2
     if args.command is None:
         _parser().print_help()
         return 2
@@ -138,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    add_config_dirs(args.config_dirs_top + args.config_dirs)  # also seen by the processes a command starts
+    add_config_dirs(config_dirs)  # also seen by the processes a command starts
     try:
         cfg = load_config(overrides)
         target = _resolve(cmd.target)

@@ -1,5 +1,6 @@
 """The command-line entry point: sub-commands listed, overrides checked, clear errors, no tracebacks."""
 
+import os
 import subprocess
 import sys
 
@@ -94,8 +95,6 @@ def test_unknown_option_names_the_folders_searched_and_a_user_folder_is_found(tm
         main(["--config-dir", str(tmp_path), "dataset", "info"]) == 2
     )  # usage error, after the config composed
     capsys.readouterr()
-    import os
-
     assert os.environ["EXPO_ROBOT_CONFIG_PATH"] == str(tmp_path)  # what the processes it starts inherit
     cfg = load_config(["task=stack"])
     assert cfg.task.max_episode_steps == 5
@@ -136,3 +135,12 @@ def test_the_pretrain_hint_reproduces_the_runs_overrides(monkeypatch):
     assert "run_dir" not in hint and "session.pretrain_steps=50" not in hint
     assert hint.endswith("session.pretrained=runs/p/checkpoints/pretrained.pt session.pretrain_steps=0")
     assert "session.offline.datasets=[/" in hint  # the positional datasets, as the session's offline data
+
+
+def test_config_dir_may_stand_anywhere_on_the_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EXPO_ROBOT_CONFIG_PATH", "")
+    assert main(["dataset", "seed=1", "--config-dir", str(tmp_path), "info"]) == 2  # usage: no PATH
+    assert "usage: expo-robot dataset" in capsys.readouterr().err
+    assert str(tmp_path) in os.environ["EXPO_ROBOT_CONFIG_PATH"]
+    assert main(["finetune", "--config-dir"]) == 2
+    assert "--config-dir needs a folder" in capsys.readouterr().err
