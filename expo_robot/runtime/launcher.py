@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -58,6 +59,7 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ [\w.]+: ")  # setup_logging's format
 ERROR_MARKS = ("Error", "error:", " ERROR ", "CRITICAL", "Exception", "refus", "expo-robot ")
 
 
@@ -73,9 +75,10 @@ def last_meaningful_line(log_path: Path, tail_bytes: int = 65536) -> str:
     lines = [
         ln.strip() for ln in lines if ln.strip() and not ln[:1].isspace() and not ln.startswith("Traceback")
     ]
-    return next(
+    line = next(
         (ln for ln in reversed(lines) if any(m in ln for m in ERROR_MARKS)), lines[-1] if lines else ""
     )
+    return LOG_PREFIX.sub("", line)  # the launcher's own log line has the time already
 
 
 @dataclass

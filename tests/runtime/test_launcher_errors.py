@@ -32,3 +32,14 @@ def test_no_error_line_gives_the_last_line_and_no_file_gives_nothing(tmp_path):
     (tmp_path / "a.out").write_text("starting\nstopped by signal 15\n")
     assert last_meaningful_line(tmp_path / "a.out") == "stopped by signal 15"
     assert last_meaningful_line(tmp_path / "missing.out") == ""
+
+
+def test_an_error_log_record_without_its_time_and_logger(tmp_path):
+    (tmp_path / "driver.out").write_text(
+        "2026-12-04 18:50:35,009 ERROR drivers.server: driver: robot.action_low/high exceed the action space\n"
+        "2026-12-04 18:50:35,020 INFO drivers.server: driver stopped\n"
+    )
+    assert (
+        last_meaningful_line(tmp_path / "driver.out")
+        == "driver: robot.action_low/high exceed the action space"
+    )
