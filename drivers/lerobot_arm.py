@@ -119,6 +119,7 @@ class LerobotArm(Robot):
             self.lerobot = build_lerobot_robot(robot_cfg, Path(tmp))
         self.joints = [k.removesuffix(".pos") for k in self.lerobot.action_features]
         self.action_dim = self.state_dim = len(self.joints)
+        self.state_names = [f"{j}.pos" for j in self.joints]  # lerobot's own names for these values
         self.fps = float(robot_cfg.get("fps", 30))
         self.max_steps = int(task_cfg.get("max_episode_steps", 1000)) if task_cfg is not None else 1000
         self.config_low = config_vector(robot_cfg.joint_low, self.action_dim, "robot.joint_low")

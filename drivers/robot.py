@@ -49,6 +49,7 @@ class Robot(ABC):
     fps: float
     # Hold command: zero motion; NaN entries mean "keep the last executed value" (e.g. an absolute gripper).
     hold_template: np.ndarray
+    state_names: list[str] | None = None  # a name per state value (the layout datasets record), when known
     ee_step_m: float | None = (
         None  # metres per action unit on the first three dims (EE-delta robots), else None
     )

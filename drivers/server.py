@@ -156,6 +156,7 @@ class Driver:
             tuple(map(float, r.action_high)), self.fps, self.mode, self.max_chunk_len,
             self.monitor.hold_after_s / 4, self.driver_id,
             {name: (cam.height, cam.width, 3) for name, cam in self.rig.cameras.items()},
+            tuple(r.state_names or ()),
         )  # fmt: skip
         curve = curve_keys(rt)
         self.operators = public_keys(curve.operator_keys_dir)  # may clear the e-stop over the socket

@@ -23,19 +23,19 @@ class SimUnavailableError(RuntimeError):
     """The simulator could not be built (missing package, bad id or kwargs)."""
 
 
+_FIRST_KEYS = ("agent_pos", "environment_state")
+
+
+def _state_keys(obs: dict) -> list[str]:
+    """The keys of a dict observation that make the flat state, in order: agent_pos, environment_state, then the
+    other entries of at most one dimension in the env's own order (images and other arrays are left out)."""
+    first = [k for k in _FIRST_KEYS if k in obs]
+    return first + [k for k, v in obs.items() if k not in _FIRST_KEYS and len(np.shape(v)) <= 1]
+
+
 def _flatten(obs: Any) -> np.ndarray:
     if isinstance(obs, dict):
-        parts = [
-            np.asarray(obs[k], dtype=np.float32).ravel()
-            for k in ("agent_pos", "environment_state")
-            if k in obs
-        ]
-        parts += [
-            np.asarray(v, dtype=np.float32).ravel()
-            for k, v in obs.items()
-            if k not in ("agent_pos", "environment_state") and np.ndim(v) <= 1
-        ]
-        return np.concatenate(parts)
+        return np.concatenate([np.asarray(obs[k], dtype=np.float32).ravel() for k in _state_keys(obs)])
     return np.asarray(obs, dtype=np.float32).ravel()
 
 
@@ -133,6 +133,15 @@ class RenderTimes:
         return {"render_frames": self.frames, "render_ms": 1e3 * mean, "max_render_ms": 1e3 * self.max_s}
 
 
+def state_layout(observation_space: Any) -> list[str]:
+    """A name for each value of the flat state (`_flatten`'s order): `<key>.<i>` for a dict observation,
+    `state.<i>` for an array. This is the layout a dataset's `observation.state` must follow (dataset schema)."""
+    sample = observation_space.sample()
+    keys = _state_keys(sample) if isinstance(sample, dict) else ["state"]
+    values = [sample[k] for k in keys] if isinstance(sample, dict) else [sample]
+    return [f"{k}.{i}" for k, v in zip(keys, values, strict=True) for i in range(int(np.size(v)))]
+
+
 @dataclass
 class StepResult:
     state: np.ndarray
@@ -174,7 +183,8 @@ class SimTask:
         self.env_id = env_id
         self.action_low = np.asarray(self.env.action_space.low, dtype=np.float32)
         self.action_high = np.asarray(self.env.action_space.high, dtype=np.float32)
-        self.state_dim = int(_flatten(self.env.observation_space.sample()).shape[0])
+        self.state_names = state_layout(self.env.observation_space)
+        self.state_dim = len(self.state_names)
         self.action_dim = int(self.action_low.shape[0])
         self._renderers: dict[
             tuple[int, int], Any

@@ -28,6 +28,7 @@ class SimRobot(Robot):
     def _connect(self) -> None:
         self.task = make_sim_task(self.robot_cfg, self.task_cfg)
         self.state_dim, self.action_dim = self.task.state_dim, self.task.action_dim
+        self.state_names = self.task.state_names
         low, high = self.robot_cfg.get("action_low"), self.robot_cfg.get("action_high")
         self.action_low = (
             config_vector(low, self.action_dim, "robot.action_low") if low else self.task.action_low

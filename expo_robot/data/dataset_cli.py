@@ -1,8 +1,11 @@
-"""`expo-robot dataset info|check|repair PATH`: summary and validation of a local LeRobotDataset.
+"""`expo-robot dataset info|check|repair PATH` and `dataset schema`: summary and validation of a local LeRobotDataset,
+and the contract a dataset must meet for a robot.
 
 check exits non-zero when it finds a problem: damaged files, frame indices or timestamps that are not 0, 1/fps,
 2/fps, ..., capture times that are not monotonic or not at the recorded rate, `next.done` anywhere but on the last
 frame, `next.truncated` without `next.done`, non-finite states/actions, or a dataset lerobot's own class cannot open.
+With `robot=NAME` it also checks the dataset against that robot's contract (data/contract.py: features, shapes, the
+state layout and robot type recorded in its metadata), with the message a session gives when it refuses it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from expo_robot.data.contract import dataset_fit, robot_contract, schema_lines
 from expo_robot.data.dataset_io import DatasetError, DatasetSummary, find_damage, read_dataset, repair_dataset
 
 log = logging.getLogger(__name__)
@@ -148,12 +152,18 @@ def _print_info(info: dict) -> None:
             print(f"{key:<{width}}  {value}")
 
 
-def main(cfg: DictConfig, words: list[str]) -> int:
-    actions = {"info", "check", "repair"}
-    if len(words) != 2 or words[0] not in actions:
-        print("usage: expo-robot dataset info|check|repair PATH", file=sys.stderr)
+USAGE = "usage: expo-robot dataset info|check|repair PATH [robot=NAME], expo-robot dataset schema robot=NAME"
+
+
+def main(cfg: DictConfig, words: list[str], overrides: list[str] | None = None) -> int:
+    if words == ["schema"]:
+        print("\n".join(schema_lines(robot_contract(cfg))))
+        return 0
+    if len(words) != 2 or words[0] not in {"info", "check", "repair"}:
+        print(USAGE, file=sys.stderr)
         return 2
     action, path = words
+    against_robot = any(o.startswith("robot=") for o in overrides or [])
     try:
         if action == "info":
             _print_info(summarize(read_dataset(path)))
@@ -163,6 +173,10 @@ def main(cfg: DictConfig, words: list[str]) -> int:
             print(f"repaired {path}: " + "; ".join(fixed) if fixed else f"{path}: nothing to repair")
             return 0
         report = check(path)
+        if against_robot:
+            fit = dataset_fit(path, robot_contract(cfg))
+            report.problems += [f"robot '{cfg.robot.name}': {p}" for p in fit.problems]
+            report.notes += fit.notes
     except DatasetError as e:
         print(f"expo-robot dataset {action}: {e}", file=sys.stderr)
         return 1

@@ -170,9 +170,10 @@ def generate_seed_dataset(
 def _episode_source(
     robot: dict, task: dict, sigma: float, seed: int, episodes: int, workers: int, cameras: list
 ):
-    """((state_dim, action_dim), iterator of SimEpisode in episode order), simulated here or in worker processes."""
+    """((state_dim, action_dim, state layout), iterator of SimEpisode in episode order), simulated here or in worker
+    processes."""
     with _Simulator(robot, task, sigma, seed, cameras) as sim:
-        dims = (sim.task.state_dim, sim.task.action_dim)
+        dims = (sim.task.state_dim, sim.task.action_dim, sim.task.state_names)
         if workers == 1:
             yield dims, (sim.run(ep) for ep in range(episodes))
             return

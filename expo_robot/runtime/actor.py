@@ -600,7 +600,11 @@ class Actor:
         if self.link is not None and int(self.session.eval_episodes) > 0:
             names.append(f"{self.id}-eval")
         features = dataset_features(
-            spec.state_dim, spec.action_dim, extra=camera_features(self.frame_shapes), capture_time=True
+            spec.state_dim,
+            spec.action_dim,
+            spec.state_names or None,  # the layout, for `dataset check robot=`
+            extra=camera_features(self.frame_shapes),
+            capture_time=True,
         )
         for name in names:
             self.writers[name] = RecorderProcess(

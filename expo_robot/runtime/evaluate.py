@@ -9,7 +9,7 @@ Nothing learns. Every policy plays the same scenes (seeds EVAL_SEED_OFFSET + i),
 agent is built from the config stored in the checkpoint unless `agent=`/`agent.*` is given. An episode ended by a
 safety stop or the e-stop is a failure with its reason (names in expo_robot/observe/summary.py). The driver is started
 here (`expo-robot driver`, the robot config decides what it drives) unless eval.start_driver=false. Writes
-eval_report.md, eval_report.json and eval.png into runs/<date>/<time>_eval_<task>/.
+eval_report.md, eval_report.json and eval.png into runs/<date>/<time>_eval_<robot>_<task>/.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from expo_robot.agent import AGENTS, AgentStateError, agent_params
-from expo_robot.config import ConfigError, expand_override, make_run_dir
+from expo_robot.config import ConfigError, expand_override, make_run_dir, split_words
 from expo_robot.observe import metrics as M
 from expo_robot.observe.live import LiveStatus
 from expo_robot.observe.report import EVAL_PLOT, write_eval_report
@@ -398,8 +398,8 @@ def evaluate(
 
 def main(cfg: DictConfig, words: list[str], overrides: list[str] | None = None) -> int:
     """`expo-robot eval eval.policy=... [eval.compare=...] [eval.episodes=N]`; Ctrl-C ends it early with a report."""
-    if overrides is None:  # as the CLI split them: every argument with '=' is an override
-        overrides = [expand_override(a, "eval") for a in sys.argv[2:] if "=" in a]
+    if overrides is None:  # as the CLI split them
+        overrides = [expand_override(a, "eval") for a in split_words(sys.argv[2:])[1]]
     overrides = [o for o in overrides if not o.startswith("run_dir=")]
     run_dir = make_run_dir(cfg, "eval").resolve()
     scheduling.apply(cfg.runtime, "actor")

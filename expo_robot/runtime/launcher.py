@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -25,11 +26,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from expo_robot.config import ConfigError, make_run_dir
+from expo_robot.config import ConfigError, command_line, make_run_dir, split_words
 from expo_robot.observe import metrics as M
 from expo_robot.observe.live import LiveStatus
 from expo_robot.observe.report import write_finetune_report
 from expo_robot.observe.summary import rate
+from expo_robot.runtime.checkpoint import PRETRAINED
+from expo_robot.runtime.offline import check_offline_data
 from expo_robot.runtime.scheduling import die_with_parent, thread_env
 
 log = logging.getLogger(__name__)
@@ -132,6 +135,28 @@ def _check_ports(cfg: DictConfig, ports: list[tuple[int, int]]) -> None:
                     f"(now {rt.robot_port_stride}) so that no two ports meet"
                 )
             taken[port] = f"robot {i}'s {what} port"
+
+
+LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ [\w.]+: ")  # setup_logging's format
+ERROR_MARKS = ("Error", "error:", " ERROR ", "CRITICAL", "Exception", "refus", "expo-robot ")
+
+
+def last_meaningful_line(log_path: Path, tail_bytes: int = 65536) -> str:
+    """The line of a process's output that says why it ended: the last error-like line (a one-line CLI error, a
+    traceback's final line, an ERROR log record), else the last line that is not part of a traceback."""
+    try:
+        with log_path.open("rb") as f:
+            f.seek(max(0, log_path.stat().st_size - tail_bytes))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    lines = [
+        ln.strip() for ln in lines if ln.strip() and not ln[:1].isspace() and not ln.startswith("Traceback")
+    ]
+    line = next(
+        (ln for ln in reversed(lines) if any(m in ln for m in ERROR_MARKS)), lines[-1] if lines else ""
+    )
+    return LOG_PREFIX.sub("", line)  # the launcher's own log line has the time already
 
 
 @dataclass
@@ -323,7 +348,8 @@ class Launcher:
             self.finished.add(pair.index)
             self._stop(pair.driver)  # the robot to its safe state now, not when the last robot is done
             return
-        msg = f"{p.name} exited with code {rc}; see {p.log_path}"
+        why = last_meaningful_line(p.log_path) or "no output"
+        msg = f"{p.name} exited with code {rc}: {why} (log: {p.log_path})"
         if len(self.pairs) > 1:
             msg = f"robot {pair.index} ({pair.actor_id}) failed: {msg}; its driver and actor were stopped"
         self.failed[pair.index] = msg
@@ -340,7 +366,8 @@ class Launcher:
             self.stopped_by = f"{len(self.failed)} of {len(self.pairs)} robots failed; {alive} went on"
 
     def _learner_lost(self, p: Proc) -> None:
-        msg = f"{p.name} exited with code {p.exit_code}; see {p.log_path}"
+        why = last_meaningful_line(p.log_path) or "no output"
+        msg = f"{p.name} exited with code {p.exit_code}: {why} (log: {p.log_path})"
         self.notes.append(msg)
         log.error(msg)
         log.error(
@@ -451,11 +478,18 @@ class Launcher:
 
 def main(cfg: DictConfig, words: list[str], overrides: list[str] | None = None) -> int:
     robot_pairs(cfg)  # a bad robot count or port layout: one line, before a run folder is made
+    check_offline_data(cfg)  # refused here, before any process starts, with `dataset check`'s message
     run_dir = make_run_dir(cfg, "finetune")
-    if overrides is None:  # as the CLI split them: every argument with '=' is an override
-        overrides = [a for a in sys.argv[2:] if "=" in a]
+    if overrides is None:  # as the CLI split them
+        overrides = split_words(sys.argv[2:])[1]
     overrides = [o for o in overrides if not o.startswith("run_dir=")]
     print(f"run folder: {run_dir}")
     code = Launcher(cfg, overrides, run_dir.resolve()).run()
     print(f"report: {run_dir / 'report.md'}\nplot:   {run_dir / 'finetune.png'}")
+    bc_start = cfg.session.pretrained or run_dir / "checkpoints" / PRETRAINED
+    if code == 0 and Path(bc_start).exists():
+        evaluate = command_line(
+            "eval", overrides, f"policy={run_dir}", f"compare={bc_start}", "compare_act=base"
+        )
+        print(f"fine-tuned vs its BC start: {evaluate}")
     return code

@@ -11,9 +11,40 @@ from omegaconf import DictConfig
 
 from expo_robot.agent.encoder import resize_frames
 from expo_robot.data.chunking import episode_chunks
+from expo_robot.data.contract import require_fit, robot_contract
 from expo_robot.data.dataset_io import load_episodes
+from expo_robot.data.scripted_operator import OPERATORS
 
 log = logging.getLogger(__name__)
+
+
+def check_offline_data(cfg: DictConfig, paths: list[Path] | None = None) -> list[Path]:
+    """The datasets a session or pretraining will use (`paths`, else session.offline.datasets), refused at start when
+    they do not fit the robot (the dataset contract), or when there are none and none can be made. [] = the scripted
+    seed data will be made (a simulated robot with a scripted operator)."""
+    paths = [Path(p) for p in cfg.session.offline.datasets] if paths is None else paths
+    if paths:
+        missing = [str(p) for p in paths if not (p / "meta" / "info.json").exists()]
+        if missing:
+            raise FileNotFoundError(  # before any loading starts: one line, not a traceback from deep in the reader
+                f"session.offline.datasets: not a LeRobotDataset (no meta/info.json): {', '.join(missing)}; "
+                "give each dataset's root folder"
+            )
+        require_fit(paths, robot_contract(cfg))
+        return paths
+    record = f"record some (`expo-robot record robot={cfg.robot.name} teleop=keyboard`)"
+    if cfg.robot.type != "sim":
+        raise FileNotFoundError(
+            f"no offline datasets configured for a real robot: {record} and pass them as "
+            "session.offline.datasets=[path,...]"
+        )
+    if cfg.robot.get("env_id") not in OPERATORS:
+        raise FileNotFoundError(
+            f"no demonstrations for robot '{cfg.robot.name}' ({cfg.robot.get('env_id')}), and no scripted operator "
+            f"to make them: {record}, or write a LeRobotDataset with lerobot (`expo-robot dataset schema "
+            f"robot={cfg.robot.name}`), then pass session.offline.datasets=[path,...]"
+        )
+    return paths
 
 
 def offline_dataset_paths(
@@ -21,20 +52,9 @@ def offline_dataset_paths(
 ) -> list[Path]:
     """The configured datasets, or (simulated robot, none configured) scripted teleop data made on demand
     (`on_episode(done, total, successes)` after each episode it makes)."""
-    paths = [Path(p) for p in cfg.session.offline.datasets]
-    missing = [str(p) for p in paths if not (p / "meta" / "info.json").exists()]
-    if missing:  # before any loading starts: one line, not a traceback from deep in the reader
-        raise FileNotFoundError(
-            f"session.offline.datasets: not a LeRobotDataset (no meta/info.json): {', '.join(missing)}; "
-            "give each dataset's root folder"
-        )
+    paths = check_offline_data(cfg)
     if paths:
         return paths
-    if cfg.robot.type != "sim":
-        raise FileNotFoundError(
-            "no offline datasets configured for a real robot: record demonstrations with `expo-robot record` and "
-            "pass them as session.offline.datasets=[path,...]"
-        )
     from expo_robot.data.seed import ensure_seed_dataset
 
     off = cfg.session.offline

@@ -22,25 +22,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from drivers.cameras import configured_shapes
 from expo_robot.agent import make_agent
-from expo_robot.config import ConfigError, make_run_dir
+from expo_robot.config import ConfigError, command_line, make_run_dir
 from expo_robot.data.replay import ReplayBuffer
 from expo_robot.observe.live import ProgressBar
 from expo_robot.observe.metrics import MetricsLogger
 from expo_robot.runtime.checkpoint import LATEST, PRETRAINED, save_checkpoint
 from expo_robot.runtime.learner import agent_cameras, agent_spec
-from expo_robot.runtime.offline import load_offline_transitions, offline_dataset_paths
+from expo_robot.runtime.offline import check_offline_data, load_offline_transitions, offline_dataset_paths
 
 log = logging.getLogger(__name__)
 REPORT_EVERY = 100  # agents call progress() every 100 steps
 
 
 def dataset_paths(cfg: DictConfig, words: list[str]) -> list[Path]:
-    """Positional dataset folders win; otherwise the session's offline datasets (or the sim seed data)."""
-    paths = [Path(w) for w in words]
-    missing = [str(p) for p in paths if not (p / "meta" / "info.json").exists()]
-    if missing:
-        raise FileNotFoundError(f"not a LeRobotDataset (no meta/info.json): {', '.join(missing)}")
-    return paths or offline_dataset_paths(cfg)
+    """Positional dataset folders win; otherwise the session's offline datasets (or the sim seed data). Datasets
+    that do not fit the robot are refused (the dataset contract)."""
+    if words:
+        return check_offline_data(cfg, [Path(w) for w in words])
+    return offline_dataset_paths(cfg)
 
 
 def pretrain(cfg: DictConfig, run_dir: Path, paths: list[Path], steps: int) -> dict:
@@ -110,7 +109,7 @@ def plot_losses(history: list[dict], out: Path) -> Path:
     return out
 
 
-def main(cfg: DictConfig, words: list[str]) -> int:
+def main(cfg: DictConfig, words: list[str], overrides: list[str] | None = None) -> int:
     run_dir = make_run_dir(cfg, "pretrain")
     torch.set_num_threads(max(1, int(cfg.get("learner_threads", 1))))
     steps = int(cfg.session.pretrain_steps)
@@ -120,7 +119,20 @@ def main(cfg: DictConfig, words: list[str]) -> int:
     (run_dir / "pretrain.json").write_text(json.dumps(summary, indent=2))
     log.info("pretrained %d steps in %.0f s on %s", steps, summary["seconds"], ", ".join(summary["datasets"]))
     print(f"checkpoint: {summary['checkpoint']}\nloss plot:  {summary['plot']}")
-    print(
-        f"fine-tune from it: expo-robot finetune session.pretrained={summary['checkpoint']} session.pretrain_steps=0"
-    )
+    print(f"fine-tune from it: {finetune_hint(overrides or [], words, summary['checkpoint'])}")
     return 0
+
+
+def finetune_hint(overrides: list[str], words: list[str], checkpoint: str) -> str:
+    """`expo-robot finetune` with this run's own overrides (robot, task, agent, data ...), its positional datasets as
+    session.offline.datasets, and the checkpoint as the BC start."""
+    data = [f"session.offline.datasets=[{','.join(str(Path(w).resolve()) for w in words)}]"] if words else []
+    drop = ("session.pretrain", "session.offline.datasets") if words else ("session.pretrain",)
+    return command_line(
+        "finetune",
+        overrides,
+        *data,
+        f"session.pretrained={checkpoint}",
+        "session.pretrain_steps=0",
+        drop=drop,
+    )

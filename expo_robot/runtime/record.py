@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 
 class RecordingSink:
     """Frames into an EpisodeWriter. The newest frame is held back one step, so an operator key can still label it
-    (success, and the reward 1 of an operator-rewarded task) before it is written."""
+    before it is written: the success key marks it a success and rewards it (`success_reward`, as a session's actor
+    does), so a task without a success detector is rewarded by the operator."""
 
-    def __init__(self, writer: EpisodeWriter, episodes: int, operator_reward: bool):
-        self.writer, self.limit, self.operator_reward = writer, episodes, operator_reward
+    def __init__(self, writer: EpisodeWriter, episodes: int, success_reward: float = 1.0):
+        self.writer, self.limit, self.success_reward = writer, episodes, success_reward
         self.saved = self.successes = self.discarded = self.frames = 0
         self.interventions = 0
         self._held: dict | None = None
@@ -64,8 +65,8 @@ class RecordingSink:
             return
         last = self._held
         last["success"] = bool(last["success"] or end.success)
-        if end.reason == "success" and self.operator_reward:
-            last["reward"] = 1.0
+        if end.reason == "success":
+            last["reward"] = max(float(last["reward"]), self.success_reward)
         last["safety_stop"] = end.safety_stop
         self._flush()
         index = self.writer.end_episode(truncated=end.truncated)  # queued: never waits for the disk
@@ -89,10 +90,15 @@ def record(cfg: DictConfig, run_dir: Path, stop: threading.Event | None = None) 
     ):
         spec = loop.client.spec
         features = dataset_features(
-            spec.state_dim, spec.action_dim, extra=camera_features(spec.cameras), capture_time=True
+            spec.state_dim,
+            spec.action_dim,
+            spec.state_names or None,  # the layout, for `dataset check robot=`
+            extra=camera_features(spec.cameras),
+            capture_time=True,
         )
         writer = EpisodeWriter(root, fps=round(spec.fps), features=features, task=task, robot_type=spec.robot)
-        sink = RecordingSink(writer, int(cfg.teleop.episodes), cfg.task.get("reward") == "operator_key")
+        success_reward = float(cfg.session.get("operator_success_reward", 1.0))
+        sink = RecordingSink(writer, int(cfg.teleop.episodes), success_reward)
         log.info("recording into %s at %.0f Hz (%s): '%s'", root, spec.fps, spec.mode, task)
         try:
             loop.run(sink)

@@ -68,19 +68,23 @@ class RobotSpec:
     driver_id: str = ""  # changes when the driver restarts
     # camera name -> image shape (H, W, 3): each observation carries image.<name> uint8 of that shape
     cameras: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    # a name per state value, when the robot knows them: recorded datasets store them (the dataset contract)
+    state_names: tuple[str, ...] = ()
 
     def to_meta(self) -> dict:
         d = asdict(self)
         d["action_low"], d["action_high"] = list(self.action_low), list(self.action_high)
         d["cameras"] = {k: list(v) for k, v in self.cameras.items()}
-        if not self.cameras:
-            del d["cameras"]  # a state-only driver sends the same spec as before cameras existed
+        d["state_names"] = list(self.state_names)
+        for optional in ("cameras", "state_names"):  # absent when empty: the spec of an earlier release
+            if not d[optional]:
+                del d[optional]
         return d
 
     @classmethod
     def from_meta(cls, meta: dict) -> RobotSpec:
         names = {f.name for f in fields(cls)}
-        missing = names - set(meta) - {"driver_id", "cameras"}
+        missing = names - set(meta) - {"driver_id", "cameras", "state_names"}
         if missing:
             raise HandshakeError(
                 f"driver spec lacks {sorted(missing)}: driver and policy run different releases"
@@ -89,6 +93,7 @@ class RobotSpec:
         d["action_low"] = tuple(float(x) for x in d["action_low"])
         d["action_high"] = tuple(float(x) for x in d["action_high"])
         d["cameras"] = camera_shapes(d.get("cameras") or {})
+        d["state_names"] = tuple(str(n) for n in d.get("state_names") or ())
         return cls(**d)
 
     def check_against(self, expected: RobotSpec | dict) -> None:

@@ -233,6 +233,11 @@ def test_without_cameras_the_spec_message_is_unchanged():
     assert "cameras" not in spec.to_meta() and RobotSpec.from_meta(spec.to_meta()) == spec
     with_cam = RobotSpec(**{**spec.__dict__, "cameras": {"front": (4, 5, 3)}})
     assert RobotSpec.from_meta(with_cam.to_meta()).cameras == {"front": (4, 5, 3)}
+    assert "state_names" not in spec.to_meta()  # unknown layout: the spec of an earlier release
+    named = RobotSpec(**{**spec.__dict__, "state_dim": 2, "state_names": ("x", "y")})
+    assert (
+        RobotSpec.from_meta(named.to_meta()) == named
+    )  # recorders store them: `dataset check robot=` reads them
 
 
 def test_socket_frame_limits_come_from_the_robot_spec_cameras_included(tmp_path, monkeypatch):

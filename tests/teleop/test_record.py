@@ -125,3 +125,34 @@ def test_sigkill_mid_episode_loses_only_that_episode(tmp_path):
     report = check(root)
     # every problem but the stated rate (which an overloaded shared machine cannot hold in real time) fails
     assert not [p for p in report.problems if "recorded at" not in p], report.problems
+
+
+def test_the_success_key_rewards_the_last_frame_as_a_sessions_actor_does():
+    """The task's old `reward: operator_key` switch is gone: a success key always rewards (session.operator_success_reward)."""
+    from expo_robot.runtime.record import RecordingSink
+    from expo_robot.runtime.teleop import EpisodeEnd
+
+    frames = []
+
+    class Writer:
+        def add_frame(self, **frame):
+            frames.append(frame)
+
+        def end_episode(self, truncated=False):
+            return 0
+
+    class Obs:
+        state, action, reward, intervention, success, t, images = (
+            np.zeros(2),
+            np.zeros(2),
+            0.0,
+            True,
+            False,
+            0.0,
+            {},
+        )
+
+    sink = RecordingSink(Writer(), episodes=1, success_reward=2.0)
+    sink.step(Obs(), Obs())
+    sink.end(EpisodeEnd("success", success=True))
+    assert frames[-1]["reward"] == 2.0 and frames[-1]["success"]
