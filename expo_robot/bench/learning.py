@@ -47,7 +47,7 @@ PROFILES = {
     # seed episodes' frames rendered once and cached (data/seed). The CPU profile's encoder. Sized to finish in about
     # an hour on the shared 2-core CPU; raise env_steps / pretrain_steps where there is more.
     "images": {
-        "algorithms": ["expo", "bc"], "seeds": [0], "env_steps": 1000, "eval_every": 500, "eval_episodes": 10,
+        "algorithms": ["expo", "bc"], "seeds": [0], "env_steps": 1000, "eval_every": 1000, "eval_episodes": 10,
         "final_episodes": 50, "pretrain_steps": 1000, "seed_episodes": 50, "image_size": [64, 64],
         "needs_cameras": True,
     },

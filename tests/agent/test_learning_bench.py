@@ -51,3 +51,10 @@ def test_smoke_run_end_to_end(tmp_path):
     assert doc["results"]["expo"]["0"]["updates"] > 0 and doc["results"]["bc"]["0"]["updates"] == 0
     assert doc["backup_costs"]["exact"]["cost_ratio_vs_exact"] == 1.0
     assert (tmp_path / "learning_smoke.png").exists()
+
+
+def test_the_images_profile_asks_for_cameras():
+    from expo_robot.bench.learning import run
+
+    with pytest.raises(BenchConfigError, match="learns from cameras: add cameras=sim_pair"):
+        run(load_config([]), ["images"])
