@@ -150,7 +150,8 @@ def test_a_failed_robot_is_stopped_and_reported_while_the_others_go_on(tmp_path)
     assert procs["driver-0"].exit_code in stopped and procs["learner"].exit_code in stopped
     (note,) = launcher.notes
     assert note.startswith("robot 1 (actor-1) failed: driver-1 exited with code 1: ")
-    assert str(tmp_path / "driver-1.out") in note and "Address already in use" in note  # the cause, in the note
+    # the cause is in the note itself, beside the log's path
+    assert str(tmp_path / "driver-1.out") in note and "Address already in use" in note
 
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["stopped_by"] == "1 of 2 robots failed; 1 went on"
