@@ -392,7 +392,7 @@ class Driver:
         if action is None:
             return None
         if self.monitor.state == "hold":
-            self._watch()  # the operator is in command: out of the watchdog hold (re-arms the start-up guard)
+            self._watch()  # the operator is in command: out of the watchdog hold (real time: re-arms the start-up guard)
         if self.monitor.state != "ok":
             return False
         return self._execute(np.asarray(action, np.float32), TELEOP_CHUNK_ID, intervention=True)

@@ -103,7 +103,7 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
     overrides = list(overrides or [])
     cfg = _compose(overrides)
     if "robot" not in cfg or "task" not in cfg:  # (deleted with ~robot / ~task)
-        return cfg
+        return check_config(cfg)
     check_config(cfg)  # types and ranges first (expo_robot/config_checks.py)
     _require_action_bounds(cfg.robot)
     task = robot_task(cfg, explicit=any(o.lstrip("+").startswith("task=") for o in overrides))

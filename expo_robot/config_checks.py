@@ -33,6 +33,7 @@ POSITIVE = Rule("a number > 0", lambda v: _number(v) and v > 0)
 NON_NEGATIVE = Rule("a number >= 0", lambda v: _number(v) and v >= 0)
 COUNT = Rule("an integer >= 1", lambda v: _integer(v) and v >= 1)
 NON_NEGATIVE_COUNT = Rule("an integer >= 0", lambda v: _integer(v) and v >= 0)
+BOOL = Rule("true or false", lambda v: isinstance(v, bool))
 POSITIVE_PER_DIM = Rule(
     "a number > 0 or a list of them (one per action dim)",
     lambda v: (_number(v) and v > 0) or (isinstance(v, ListConfig) and all(_number(x) and x > 0 for x in v)),
@@ -68,7 +69,28 @@ RULES: dict[str, Rule] = {
     "session.updates_per_chunk": NON_NEGATIVE_COUNT,
     "session.weights_every": COUNT,
     "session.checkpoint_every": COUNT,
-    "session.learner_timeout_s": POSITIVE,
+    "session.learner_timeout_s": Rule(
+        "a number >= 1 (five learner heartbeats)", lambda v: _number(v) and v >= 1
+    ),
+    "session.final_store_timeout_s": NON_NEGATIVE,
+    "session.on_learner_loss": Rule("continue or hold", lambda v: v in ("continue", "hold")),
+    "session.max_policy_lag_steps": NON_NEGATIVE_COUNT,
+    "session.realtime_lead_steps": NON_NEGATIVE_COUNT,
+    "session.robots": COUNT,
+    "runtime.robot_port_stride": Rule("a non-zero integer", lambda v: _integer(v) and v != 0),
+    "session.offline.workers": COUNT,
+    "session.record_episodes": BOOL,
+    "session.transitions.max_abs_reward": POSITIVE,
+    "session.transitions.max_abs_state": POSITIVE,
+    "session.transitions.max_actors": Rule("an integer 1-4096", lambda v: _integer(v) and 1 <= v <= 4096),
+    **{
+        f"runtime.scheduling.{role}.threads": Rule(COUNT.expected, COUNT.ok, nullable=True)
+        for role in ("driver", "actor", "learner")
+    },
+    "trust_checkpoint": BOOL,  # (a string "no" would be true: pickles would load)
+    "agent.fast": BOOL,
+    "agent.compile": BOOL,
+    "agent.backup_bf16": BOOL,
     "session.first_weights_timeout_s": POSITIVE,
     "eval.episodes": NON_NEGATIVE_COUNT,
     "eval.driver_start_timeout_s": POSITIVE,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,24 @@ def test_all_problems_are_named_together_and_shipped_configs_pass():
         load_config([f"robot={robot}"])
     for safety in group_options("safety"):
         load_config([f"safety={safety}", "safety.max_ee_speed_mps=null", "safety.max_step_change=[0.1,0.2]"])
+
+
+@pytest.mark.parametrize(
+    "override, said",
+    [
+        ("trust_checkpoint=no", "trust_checkpoint='no': expected true or false"),  # a string would be truthy
+        ("session.on_learner_loss=continu", "session.on_learner_loss='continu': expected continue or hold"),
+        ("session.learner_timeout_s=0.5", "session.learner_timeout_s=0.5: expected a number >= 1"),
+        (
+            "runtime.scheduling.learner.threads=0",
+            "runtime.scheduling.learner.threads=0: expected an integer >= 1",
+        ),
+        (
+            "session.transitions.max_actors=5000",
+            "session.transitions.max_actors=5000: expected an integer 1-4096",
+        ),
+    ],
+)
+def test_keys_of_the_session_scheduling_and_checkpoints_are_checked_too(override, said):
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_config([override])

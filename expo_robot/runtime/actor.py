@@ -127,7 +127,7 @@ class LearnerLink:
         )
         self.kept: dict[int, tuple[dict, dict]] = {}  # seq -> (arrays, meta), until acked
         self.next_seq, self.send_from = 1, 1
-        self._last_received, self._progress_t = 0, time.monotonic()
+        self._last_progress, self._progress_t = (0, 0), time.monotonic()
         self.own_weights: dict[str, np.ndarray] | None = None  # the agent's acting tensors (set at connect)
         self.dropped: Counter = Counter()  # learner messages dropped for their values, by reason
         self._drop_logged = -DROP_LOG_EVERY_S
@@ -200,8 +200,12 @@ class LearnerLink:
                 )
             self.send_from = status["acked"].get(self.actor_id, 0) + 1
         now = time.monotonic()
-        if received != self._last_received:
-            self._last_received, self._progress_t = received, now
+        # The learner reads its inbox between updates: while neither its count of our batches nor its updates move,
+        # it is inside one long update (its heartbeat still comes), not missing a batch; resend only when it moves
+        # on without the batch.
+        progress = (received, status["updates"])
+        if progress != self._last_progress:
+            self._last_progress, self._progress_t = progress, now
         elif self.send_from > received + 1 and now - self._progress_t > RESEND_AFTER_S:
             self.send_from, self._progress_t = received + 1, now  # a batch went missing in flight: resend
         self.status, self.seen = status, now

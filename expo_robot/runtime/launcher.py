@@ -293,7 +293,7 @@ class Launcher:
         cmd = self.command(kind, extra)
         log_path = self.run_dir / f"{name}.out"
         env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "PYTHONUNBUFFERED": "1",
-               **thread_env(self.cfg.runtime, name)}  # fmt: skip
+               **thread_env(self.cfg.runtime, kind)}  # fmt: skip
         with log_path.open("ab") as out:
             popen = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_detach_and_follow

@@ -9,7 +9,7 @@ restarted learner gets back every transition its checkpoint lacks. A batch with 
 by reason and named in the status (messages.check_transitions). Whatever else goes wrong in the loop ends it with a
 final checkpoint, one logged line (the traceback goes to learner_error.txt) and exit code 1. The main
 loop publishes a status after every update and receipt; a heartbeat thread repeats the newest one every STATUS_EVERY_S
-while an update, a checkpoint or pretraining keeps the loop busy, so an actor tells a slow learner (alive, working)
+while an update or a checkpoint keeps the loop busy, so an actor tells a slow learner (alive, working)
 from a lost one however long an update takes.
 """
 
@@ -422,7 +422,9 @@ class Learner:
             self._heartbeat.join(timeout=5)
         self.inbox.close()
         with self._outbox_lock:
-            self.outbox.close()
+            self.outbox.close(
+                linger_s=0.2
+            )  # the final status (what the last checkpoint holds) still goes out
         self.metrics.close()
 
 

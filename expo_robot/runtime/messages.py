@@ -202,7 +202,7 @@ def _check_steps_and_returns(arrays: Mapping[str, np.ndarray], limits: Transitio
 def check_status(meta: Mapping) -> None:
     """Raise MessageRejected unless the learner's status is in range (the wire has checked the types of its keys)."""
     counters = [meta[k] for k in ("updates", "env_steps", "trained_steps")]
-    counters += [meta.get(k, 0) for k in ("online", "offline")]
+    counters += [meta.get(k, 0) for k in ("online", "offline", "pending_updates")]
     if any(type(c) is not int or not 0 <= c <= MAX_COUNTER for c in counters):
         raise MessageRejected("counter", "status counters must be integers in 0..2^53")
     if meta["trained_steps"] > meta["env_steps"]:

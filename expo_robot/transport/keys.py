@@ -19,6 +19,7 @@ client's folder for another machine (the server's public key + the client's own 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -154,8 +155,10 @@ def _write_public(path: Path, z85: str) -> None:
 def client_folder(folder: Path, name: str, operator: bool = False) -> Path:
     """A keys folder for another machine's client: the server's public key and a new keypair of its own, which
     is allowed here. Copy it to that machine and point runtime.keys_dir at it."""
-    if not name.isidentifier():
-        raise TransportError(f"client name '{name}': use letters, digits and _ (e.g. gpu_box)")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):  # a folder and file name
+        raise TransportError(
+            f"client name '{name}': use 1-64 letters, digits, _ and - (e.g. gpu_box, actor-1)"
+        )
     out = folder / "clients" / name
     if out.exists():
         raise TransportError(f"{out} exists already: pick another name or delete it")
