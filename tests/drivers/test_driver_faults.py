@@ -18,7 +18,8 @@ from driver_helpers import REPO, driver_process, observer, wait_for
 
 from expo_robot.config import load_config
 from expo_robot.transport import RobotClient
-from expo_robot.transport.sockets import free_tcp_ports
+from expo_robot.transport.keys import curve_keys
+from expo_robot.transport.sockets import Pusher, free_tcp_ports
 
 FPS = 10.0
 CLIENT = str(REPO / "tests" / "drivers" / "fault_client.py")
@@ -210,13 +211,12 @@ def test_a_200_mb_frame_leaves_the_driver_memory_where_it_was(tmp_path):
             robot.reset(seed=0, wait_s=30)
         time.sleep(0.5)
         before = peak = rss_mb(proc.pid)
-        for _ in range(3):  # three commands of 200 MB
-            with ctx.socket(zmq.PUSH) as push:
-                push.linger = 0
-                push.connect(f"tcp://127.0.0.1:{cmd}")
-                push.send(big, copy=False)
-                peak = max(peak, max_rss_mb(proc.pid, 0.5))
-        # and a 200 MB subscription to its publisher: hung up on from the frame's length
+        for _ in range(3):  # three commands of 200 MB from an allowed client (a stranger is refused earlier)
+            push = Pusher(f"tcp://127.0.0.1:{cmd}", curve=curve_keys(cfg.runtime), ctx=ctx)
+            push.sock.send(big, copy=False)
+            peak = max(peak, max_rss_mb(proc.pid, 0.5))
+            push.close()
+        # and a 200 MB subscription to its publisher, from a peer without keys: refused at the handshake
         assert subscription_flood(obs, len(big)) < len(big)
         peak = max(peak, max_rss_mb(proc.pid, 0.5))
         time.sleep(0.5)

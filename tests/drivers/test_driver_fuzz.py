@@ -112,14 +112,14 @@ def hostile_values(rng: np.random.Generator) -> list:
     return encode("cmd", meta=meta, seq=pick([-1, 0, 2**63 - 1]))
 
 
-def oversize_frame(port: int, ctx: zmq.Context) -> None:
-    """A frame over the socket's limit: ZeroMQ drops that connection from the frame's length prefix (it is never
-    received, so never counted); sent from its own socket so the fuzz stream's connection is not the one dropped."""
-    with ctx.socket(zmq.PUSH) as push:
-        push.linger = 0
-        push.connect(f"tcp://127.0.0.1:{port}")
-        push.send_multipart([encode("heartbeat", meta={"client": "big"})[0], bytes(2_000_000)])
-        time.sleep(0.05)
+def oversize_frame(cfg, ctx: zmq.Context) -> None:
+    """A frame over the socket's limit from an allowed client: ZeroMQ drops that connection from the frame's length
+    prefix (it is never received, so never counted); sent from its own socket so the fuzz stream's connection is not
+    the one dropped."""
+    push = Pusher(address(cfg.runtime, "cmd"), curve=curve_keys(cfg.runtime), ctx=ctx)
+    push.sock.send_multipart([encode("heartbeat", meta={"client": "big"})[0], bytes(2_000_000)])
+    time.sleep(0.05)
+    push.close()
 
 
 def expected_reason(frames: list) -> str | None:
@@ -154,7 +154,7 @@ def fuzz(tmp_path, count: int) -> None:
             push.send_multipart(frames, copy=False)
             if i % 2000 == 0:
                 raw_tcp_garbage(cfg.runtime.cmd_port if i % 4000 else cfg.runtime.obs_port, rng, 5)
-                oversize_frame(cfg.runtime.cmd_port, ctx)
+                oversize_frame(cfg, ctx)
         wait_for(
             lambda: driver.inbox.counters["received"] >= count,
             60 + count / 1000,
