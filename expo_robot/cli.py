@@ -1,6 +1,6 @@
 """`expo-robot`: one entry point, one sub-command per workflow. Every sub-command takes Hydra overrides.
 
-expo-robot finetune robot=sim_so101 agent=expo agent.edit_scale=0.1
+expo-robot finetune robot=sim_so101 agent=expo agent.edit.beta=0.2
 """
 
 from __future__ import annotations
