@@ -115,7 +115,8 @@ def test_render_profiles_come_from_the_robot_config_and_change_how_frames_are_dr
     assert fast.offscreen_samples == 0 and fast.shadow_size == 0
     assert RenderProfile.from_config(None) == RenderProfile()  # no render section: the model's own look
     with pytest.raises(
-        SimUnavailableError, match=r"profile='nope' is not defined; choose one of \['fast', 'quality'\]"
+        SimUnavailableError,
+        match=r"profile='nope' is not defined; choose one of \['fast', 'hulls', 'quality'\]",
     ):
         RenderProfile.from_config({**robot.render, "profile": "nope"})
     with pytest.raises(SimUnavailableError, match=r"unknown keys \['shadow'\]"):

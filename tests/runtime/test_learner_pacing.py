@@ -36,6 +36,8 @@ def session_cfg(tmp_path, seed_data, *extra: str):
             "session.on_learner_loss=continue", f"runtime.obs_port={obs}", f"runtime.cmd_port={cmd}",
             f"runtime.weights_port={weights}", f"runtime.transitions_port={transitions}", f"run_dir={tmp_path}",
             "live=off", *extra,
+            # the fake robot has the Panda's spaces: its Panda seed data pass the dataset contract under that name
+            "robot.name=sim_panda",
         ]
     )  # fmt: skip
 
