@@ -69,14 +69,15 @@ RULES: dict[str, Rule] = {
     "session.updates_per_chunk": NON_NEGATIVE_COUNT,
     "session.weights_every": COUNT,
     "session.checkpoint_every": COUNT,
-    "session.learner_timeout_s": Rule(
-        "a number >= 1 (five learner heartbeats)", lambda v: _number(v) and v >= 1
+    "session.learner_timeout_s": Rule(  # the learner's heartbeat is learner.STATUS_EVERY_S = 0.2 s
+        "a number >= 1 (five learner heartbeats: a shorter one counts a working learner as lost)",
+        lambda v: _number(v) and v >= 1,
     ),
     "session.final_store_timeout_s": NON_NEGATIVE,
     "session.on_learner_loss": Rule("continue or hold", lambda v: v in ("continue", "hold")),
     "session.max_policy_lag_steps": NON_NEGATIVE_COUNT,
     "session.realtime_lead_steps": NON_NEGATIVE_COUNT,
-    "session.robots": COUNT,
+    "session.robots": Rule("an integer >= 1 (the number of driver + actor pairs)", COUNT.ok),
     "runtime.robot_port_stride": Rule("a non-zero integer", lambda v: _integer(v) and v != 0),
     "session.offline.workers": COUNT,
     "session.record_episodes": BOOL,
