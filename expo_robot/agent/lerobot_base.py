@@ -174,9 +174,8 @@ class LerobotBase:
         self, states: np.ndarray, images: Mapping | None, n: int
     ) -> dict[str, torch.Tensor]:
         """The robot's observation [B, ...] as the policy's raw input features, each row repeated n times."""
-        states = torch.as_tensor(np.asarray(states, np.float32), device=self.device).reshape(
-            -1, self.spec.state_dim
-        )
+        states = torch.as_tensor(states, dtype=torch.float32, device=self.device)
+        states = states.reshape(-1, self.spec.state_dim)
         batch = {}
         for key, source in self.sources.items():
             if source == STATE or _STATE_SLICE.match(source):
@@ -223,3 +222,37 @@ class LerobotBase:
         first = chunks.to(self.device)[:, : self.spec.chunk].reshape(rows, -1)
         b = rows // n
         return self.norm.action(first).clamp(-1, 1).reshape(b, n, -1)
+
+
+class SessionLerobotBase:
+    """A frozen `LerobotBase` behind the agent's base interface, `sample(obs, n, steps, generator)` -> [B, n, D]
+    from the agent's normalised state features: the state is mapped back to env units (the agent's normaliser is an
+    exact affine map) for lerobot's own preprocessor. State only for now: camera features are encodings, not the
+    images a lerobot policy reads."""
+
+    def __init__(self, base: LerobotBase, norm: Normalizer):
+        self.base, self.norm = base, norm
+
+    def sample(self, obs: torch.Tensor, n: int, steps: int | None = None, generator=None) -> torch.Tensor:
+        if steps is not None:
+            raise LerobotBaseError(
+                "a lerobot base samples with its own number of denoising steps; set "
+                "agent.profiles.<profile>.select.proposal_steps=null"
+            )
+        states = obs[:, : self.base.spec.state_dim] * self.norm.obs_std + self.norm.obs_mean
+        return self.base.sample(states, None, n, generator)
+
+
+def session_lerobot_base(cfg: Mapping, spec, norm: Normalizer, device) -> SessionLerobotBase:
+    """agent.base.kind=lerobot: the folder agent.base.path, its inputs mapped by agent.base.observation_map."""
+    if not cfg.get("path"):
+        raise LerobotBaseError(
+            "agent.base.kind=lerobot needs agent.base.path=<the folder lerobot's training or save_pretrained wrote>"
+        )
+    if spec.images:
+        raise LerobotBaseError(
+            f"agent.base.kind=lerobot runs on state observations for now; this robot has cameras "
+            f"{sorted(spec.images)} (a lerobot base reading images works through LerobotBase, not yet in a session)"
+        )
+    base = LerobotBase(cfg["path"], spec, cfg.get("observation_map") or {}, device)
+    return SessionLerobotBase(base, norm)

@@ -130,3 +130,57 @@ def test_a_session_chunk_longer_than_the_policys_is_refused(tmp_path):
 def test_a_folder_without_a_lerobot_policy_says_what_to_give(tmp_path):
     with pytest.raises(LerobotBaseError, match="not a lerobot policy folder"):
         LerobotBase(tmp_path, SPEC, GYM_HIL_MAP)
+
+
+def lerobot_expo(policy_dir, spec=SPEC):
+    from agent_fixtures import agent_cfg
+
+    from expo_robot.agent import make_agent
+
+    base = {"kind": "lerobot", "path": str(policy_dir), "observation_map": GYM_HIL_MAP}
+    select_cfg = {"proposal_steps": None}  # a lerobot policy denoises with its own steps
+    return make_agent(agent_cfg("expo", base=base, select=select_cfg), spec, device="cpu", seed=0)
+
+
+def test_an_expo_agent_acts_and_learns_with_a_frozen_lerobot_base(policy_dir):
+    from agent_fixtures import random_buffer
+
+    agent = lerobot_expo(policy_dir)
+    offline, online = random_buffer(64, 0, SPEC), random_buffer(64, 1, SPEC)
+    metrics = agent.update(offline, online)  # fits the normaliser, critic + edit steps, no base step
+    assert "critic/loss" in metrics and "base/loss" not in metrics
+    s = agent.otf(agent.obs_tensor(states(2)), acting=True)
+    n = agent.cfg["select"]["n_act"]
+    # the base's proposals are the adapter's candidates for the same state (env units) and the same noise stream
+    gen = torch.Generator().manual_seed(7)
+    agent.gen.manual_seed(7)
+    again = agent.base.sample(agent.obs_tensor(states(2)), n, None, agent.gen)
+    direct = agent.base.base.sample(states(2), None, n, gen)
+    torch.testing.assert_close(again, direct, atol=1e-5, rtol=0)
+    assert s.candidates.shape == (2, 2 * n, SPEC.chunk * SPEC.action_dim)
+    chunk = agent.act(states(1)[0])
+    assert chunk.shape == (SPEC.chunk, SPEC.action_dim)
+    assert np.all(chunk >= SPEC.action_low) and np.all(chunk <= SPEC.action_high)
+    # weight sync: the edit policy and critic travel, the frozen base does not (each process loads its folder)
+    acting = agent.acting_state()
+    assert any(k.startswith("edit.") for k in acting) and not any(k.startswith("base") for k in acting)
+    other = lerobot_expo(policy_dir)
+    other.load_acting_state(acting)
+    torch.testing.assert_close(other.critic_target.state_dict(), agent.critic_target.state_dict())
+
+
+def test_fewer_proposal_steps_are_refused_at_start(policy_dir):
+    from agent_fixtures import agent_cfg
+
+    from expo_robot.agent import make_agent
+
+    base = {"kind": "lerobot", "path": str(policy_dir), "observation_map": GYM_HIL_MAP}
+    with pytest.raises(ValueError, match="proposal_steps=null"):
+        make_agent(agent_cfg("expo", base=base, select={"proposal_steps": 4}), SPEC, device="cpu")
+
+
+def test_a_lerobot_base_is_not_pretrained_here(policy_dir):
+    from agent_fixtures import random_buffer
+
+    with pytest.raises(ValueError, match=r"session\.pretrain_steps=0"):
+        lerobot_expo(policy_dir).pretrain(random_buffer(16, 0, SPEC), steps=10)
