@@ -243,6 +243,20 @@ class SessionLerobotBase:
         return self.base.sample(states, None, n, generator)
 
 
+def parse_observation_map(value) -> dict[str, str]:
+    """agent.base.observation_map as a mapping (YAML) or as "feature=source" strings (the command line, where a
+    Hydra dict key cannot contain a dot): `'agent.base.observation_map=["observation.state=state[0:18]"]'`."""
+    if not value:
+        return {}
+    if isinstance(value, Mapping):
+        return {str(k): str(v) for k, v in value.items()}
+    pairs = [str(item).split("=", 1) for item in value]
+    bad = [item for item, pair in zip(value, pairs) if len(pair) != 2]
+    if bad:
+        raise LerobotBaseError(f"agent.base.observation_map entries must read feature=source; got {bad}")
+    return dict(pairs)
+
+
 def session_lerobot_base(cfg: Mapping, spec, norm: Normalizer, device) -> SessionLerobotBase:
     """agent.base.kind=lerobot: the folder agent.base.path, its inputs mapped by agent.base.observation_map."""
     if not cfg.get("path"):
@@ -254,5 +268,5 @@ def session_lerobot_base(cfg: Mapping, spec, norm: Normalizer, device) -> Sessio
             f"agent.base.kind=lerobot runs on state observations for now; this robot has cameras "
             f"{sorted(spec.images)} (a lerobot base reading images works through LerobotBase, not yet in a session)"
         )
-    base = LerobotBase(cfg["path"], spec, cfg.get("observation_map") or {}, device)
+    base = LerobotBase(cfg["path"], spec, parse_observation_map(cfg.get("observation_map")), device)
     return SessionLerobotBase(base, norm)

@@ -184,3 +184,13 @@ def test_a_lerobot_base_is_not_pretrained_here(policy_dir):
 
     with pytest.raises(ValueError, match=r"session\.pretrain_steps=0"):
         lerobot_expo(policy_dir).pretrain(random_buffer(16, 0, SPEC), steps=10)
+
+
+def test_the_observation_map_reads_from_yaml_or_the_command_line():
+    from expo_robot.agent.lerobot_base import parse_observation_map
+
+    as_list = ["observation.state=state[0:18]", "observation.environment_state=state[18:21]"]
+    assert parse_observation_map(as_list) == GYM_HIL_MAP == parse_observation_map(GYM_HIL_MAP)
+    assert parse_observation_map(None) == {}
+    with pytest.raises(LerobotBaseError, match="feature=source"):
+        parse_observation_map(["observation.state"])
