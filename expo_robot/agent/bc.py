@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable
 
@@ -13,6 +14,8 @@ from expo_robot.agent.core import AgentCore
 from expo_robot.agent.lerobot_base import session_lerobot_base
 from expo_robot.agent.nets import grad_norm
 from expo_robot.data.replay import sample_symmetric
+
+log = logging.getLogger(__name__)
 
 
 class BCAgent(AgentCore):
@@ -61,11 +64,13 @@ class BCAgent(AgentCore):
     ) -> dict:
         """Imitation on the offline data with a cosine learning-rate decay; `progress(step, metrics)` every 100."""
         self.ensure_normalizer(offline_buffer)
-        if self.base_opt is None and steps > 0:
-            raise ValueError(
-                "agent.base.kind=lerobot is pretrained with lerobot (lerobot-train), not here; set "
-                "session.pretrain_steps=0"
-            )
+        if self.base_opt is None:  # a lerobot base: the default session.pretrain_steps must not stop its session
+            if steps > 0:
+                log.info(
+                    "agent.base.kind=lerobot: the base was trained with lerobot; skipping %d pretraining steps",
+                    steps,
+                )
+            return {"pretrain/steps": 0}
         b = self.cfg["base"]
         pt = self.cfg["pretrain"]
         metrics: dict[str, float] = {}

@@ -180,10 +180,15 @@ def test_fewer_proposal_steps_are_refused_at_start(policy_dir):
 
 
 def test_a_lerobot_base_is_not_pretrained_here(policy_dir):
+    """lerobot trained it: the session's pretraining steps are skipped (the default 3000 must not stop a session)."""
     from agent_fixtures import random_buffer
 
-    with pytest.raises(ValueError, match=r"session\.pretrain_steps=0"):
-        lerobot_expo(policy_dir).pretrain(random_buffer(16, 0, SPEC), steps=10)
+    agent = lerobot_expo(policy_dir)
+    before = agent.base.sample(agent.obs_tensor(states(1)), 2, None, torch.Generator().manual_seed(0))
+    assert agent.pretrain(random_buffer(16, 0, SPEC), steps=10) == {"pretrain/steps": 0}
+    assert agent.counters["pretrain_steps"] == 0
+    after = agent.base.sample(agent.obs_tensor(states(1)), 2, None, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(before, after, rtol=0, atol=0)
 
 
 def test_the_observation_map_reads_from_yaml_or_the_command_line():

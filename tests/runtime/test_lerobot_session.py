@@ -20,12 +20,13 @@ from test_lerobot_base import tiny_diffusion
 @pytest.mark.timeout(600)
 def test_a_finetune_session_runs_with_a_frozen_lerobot_base(processes, tmp_path):
     policy = tmp_path / "policy"
-    tiny_diffusion(policy)  # 18 robot values + the block's 3 coordinates in, xyz + gripper out
+    tiny_diffusion(
+        policy
+    )  # (the session.pretrain_steps of processes.common() are skipped) 18 robot values + the block's 3 coordinates in, xyz + gripper out
     run = tmp_path / "run"
     args = [
         *processes.common(),
         *processes.robot_ports(),
-        "session.pretrain_steps=0",
         "session.env_steps=60",
         f"run_dir={run}",
         "agent.base.kind=lerobot",
