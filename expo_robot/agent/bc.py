@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable
 
@@ -10,8 +11,11 @@ import torch
 
 from expo_robot.agent.base_policy import make_base
 from expo_robot.agent.core import AgentCore
+from expo_robot.agent.lerobot_base import session_lerobot_base
 from expo_robot.agent.nets import grad_norm
 from expo_robot.data.replay import sample_symmetric
+
+log = logging.getLogger(__name__)
 
 
 class BCAgent(AgentCore):
@@ -23,6 +27,12 @@ class BCAgent(AgentCore):
     def __init__(self, cfg: dict, spec, device="auto", seed: int = 0):
         super().__init__(cfg, spec, device, seed)
         b = cfg["base"]
+        if (
+            b["kind"] == "lerobot"
+        ):  # frozen: proposes, never imitates; loaded by every process from its folder
+            self.base = self.base_ema = session_lerobot_base(b, spec, self.norm, self.device)
+            self.base_opt = None
+            return
         self.base = make_base(b["kind"], self.view_dim("base"), self.act_dim, b).to(self.device)
         self.base_ema = copy.deepcopy(self.base).requires_grad_(False)
         self.base_opt = self.optimizer(
@@ -35,6 +45,8 @@ class BCAgent(AgentCore):
         self.optims["base"] = self.base_opt
 
     def imitation_step(self, tensors: dict[str, torch.Tensor], ema_rate: float) -> dict[str, float]:
+        if self.base_opt is None:  # a frozen lerobot base
+            return {}
         self.base.train()
         loss = self.base.loss(self.view(tensors["obs"], "base"), tensors["action"], self.gen)
         self.base_opt.zero_grad(set_to_none=True)
@@ -52,6 +64,13 @@ class BCAgent(AgentCore):
     ) -> dict:
         """Imitation on the offline data with a cosine learning-rate decay; `progress(step, metrics)` every 100."""
         self.ensure_normalizer(offline_buffer)
+        if self.base_opt is None:  # a lerobot base: the default session.pretrain_steps must not stop its session
+            if steps > 0:
+                log.info(
+                    "agent.base.kind=lerobot: the base was trained with lerobot; skipping %d pretraining steps",
+                    steps,
+                )
+            return {"pretrain/steps": 0}
         b = self.cfg["base"]
         pt = self.cfg["pretrain"]
         metrics: dict[str, float] = {}

@@ -225,7 +225,8 @@ class AgentCore:
     def acting_modules(self) -> tuple[str, ...]:
         """What an actor needs: the normaliser, the image encoder when there are cameras, and ACTING."""
         encoders = tuple(k for k in self.modules if k.startswith("encoder"))
-        return ("norm", *encoders, *self.ACTING)
+        # a frozen lerobot base is no module: each process loads it from its folder, weight sync never sends it
+        return ("norm", *encoders, *(name for name in self.ACTING if name in self.modules))
 
     def load_acting_state(self, d: dict[str, np.ndarray]) -> None:
         for name in self.acting_modules():

@@ -42,6 +42,11 @@ class ExpoAgent(BCAgent):
                 f"a DDPM base samples with all its T={cfg['base']['steps']} steps; set "
                 "agent.profiles.<profile>.select.proposal_steps=null (fewer proposal steps need base.kind=flow)"
             )
+        if cfg["base"]["kind"] == "lerobot" and s.get("proposal_steps") is not None:
+            raise ValueError(
+                "a lerobot base samples with its own denoising steps; set "
+                "agent.profiles.<profile>.select.proposal_steps=null"
+            )
         obs_dim = self.view_dim("critic")  # the edit policy sees what the critic sees
         self.edit = EditPolicy(obs_dim, self.act_dim, e["hidden"], e["depth"], e["beta"], e["dropout"])
         self.critic = EnsembleCritic(obs_dim, self.act_dim, c["members"], c["hidden"], c["depth"])
