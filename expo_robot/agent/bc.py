@@ -64,7 +64,8 @@ class BCAgent(AgentCore):
     ) -> dict:
         """Imitation on the offline data with a cosine learning-rate decay; `progress(step, metrics)` every 100."""
         self.ensure_normalizer(offline_buffer)
-        if self.base_opt is None:  # a lerobot base: the default session.pretrain_steps must not stop its session
+        # a lerobot base is trained with lerobot: the default session.pretrain_steps must not stop its session
+        if self.base_opt is None:
             if steps > 0:
                 log.info(
                     "agent.base.kind=lerobot: the base was trained with lerobot; skipping %d pretraining steps",

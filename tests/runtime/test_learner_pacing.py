@@ -87,7 +87,9 @@ def test_a_learner_slower_than_the_timeout_buys_the_same_updates_per_env_step(tm
 
 
 def test_a_learner_timeout_shorter_than_its_heartbeats_is_a_config_error(tmp_path, seed_data):
-    with pytest.raises(ConfigError, match=r"session\.learner_timeout_s=0\.05: expected a number >= 1 \(five learner"):
+    with pytest.raises(
+        ConfigError, match=r"session\.learner_timeout_s=0\.05: expected a number >= 1 \(five learner"
+    ):
         session_cfg(tmp_path, seed_data, "session.learner_timeout_s=0.05")
 
 

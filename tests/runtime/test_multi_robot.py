@@ -67,7 +67,10 @@ def test_each_robot_gets_its_own_ports_seed_actor_id_and_scenes():
 @pytest.mark.parametrize(
     ("overrides", "says"),
     [
-        (["session.robots=0"], "session.robots=0: expected an integer >= 1 (the number of driver + actor pairs)"),
+        (
+            ["session.robots=0"],
+            "session.robots=0: expected an integer >= 1 (the number of driver + actor pairs)",
+        ),
         (["session.robots=two"], "session.robots='two': expected an integer >= 1"),
         (
             ["session.robots=2", "runtime.robot_port_stride=1"],
